@@ -1,0 +1,1 @@
+"""Measurement: ANN recall and speed, ingestion throughput, retrieval quality, answers, load."""

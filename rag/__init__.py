@@ -1,0 +1,1 @@
+"""Retrieval-augmented question answering over a user's own documents."""

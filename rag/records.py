@@ -1,0 +1,90 @@
+"""Data classes for what flows between pipeline steps (store -> search -> readers -> CLI/web)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SourceDocument:
+    """A document's text before it is stored: what loaders produce and ingestion consumes."""
+
+    uri: str  # file path, "stdin", or a caller-chosen key such as "scifact:1234"
+    title: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    mtime: float | None = None
+
+
+@dataclass
+class Document:
+    id: int
+    path: str
+    title: str
+    collection: str = "default"
+    content_hash: str = ""
+    size: int = 0
+    mtime: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ingested_at: str = ""
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "path": self.path, "title": self.title}
+
+
+@dataclass
+class Passage:
+    id: int
+    document_id: int
+    order: int
+    text: str
+    start: int  # character offsets into the document's text
+    end: int
+
+
+@dataclass
+class Hit:
+    """One ranked search result."""
+
+    passage: Passage
+    document: Document
+    score: float
+    rank: int
+
+    def to_json(self) -> dict:
+        return {
+            "rank": self.rank,
+            "score": float(self.score),
+            "passage_id": self.passage.id,
+            "text": self.passage.text,
+            "document": self.document.to_json(),
+        }
+
+
+@dataclass
+class Citation:
+    n: int  # the [n] the reader wrote, 1-based position in the passages it was given
+    hit: Hit
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "passage_id": self.hit.passage.id, "document": self.hit.document.to_json()}
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    citations: list[Citation]
+    passages: list[Hit]
+    hyde: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "question": self.question,
+            "answer": self.text,
+            "citations": [c.to_json() for c in self.citations],
+            "passages": [h.to_json() for h in self.passages],
+            "hyde": list(self.hyde),
+            "timings": dict(self.timings),
+        }

@@ -1,0 +1,1 @@
+"""The web search-and-answer UI and JSON API (Flask)."""
