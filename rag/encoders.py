@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from rag.errors import RagError
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
 
@@ -20,7 +22,7 @@ class Encoder(Protocol):
         ...
 
 
-class EncoderError(RuntimeError):
+class EncoderError(RagError):
     """The encoder model cannot be found or loaded."""
 
 
