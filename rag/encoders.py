@@ -52,7 +52,7 @@ class SentenceTransformerEncoder:
             raise EncoderError(f"cannot load encoder from {path}: {exc}") from exc
         self.name = DEFAULT_ENCODER if not model else os.path.basename(os.path.normpath(path))
         self.path = path
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length)
         self.batch_size = batch_size
 
