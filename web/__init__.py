@@ -1,1 +1,61 @@
-"""The web search-and-answer UI and JSON API (Flask)."""
+"""The web search-and-answer UI and JSON API (Flask).
+
+    app = create_app({"DATA_DIR": "rag-data"})   # then serve it: `rag serve` (waitress)
+
+Configuration comes from the argument, then the environment (RAG_DATA, RAG_API_TOKEN), never globals.
+Keys: DATA_DIR, API_TOKEN, MAX_CONTENT_LENGTH (upload limit, bytes), GENERATOR (engine name),
+GENERATOR_OPTIONS, ENCODER_MODEL, BACKEND, ALLOWED_HOSTS (extra Host names without a token),
+LIBRARY / ENCODER_OBJECT / GENERATOR_OBJECT (already loaded objects to share, e.g. in tests).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+from flask import Flask
+
+from rag.config import data_dir
+
+DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """A Flask app over one library; the encoder, index and generator are loaded once per app."""
+    from web import api, pages
+    from web.errors import register_error_handlers
+    from web.resources import Resources
+    from web.security import check_host
+
+    app = Flask(__name__)
+    app.config.update(
+        DATA_DIR=None,
+        API_TOKEN=os.environ.get("RAG_API_TOKEN") or None,
+        MAX_CONTENT_LENGTH=DEFAULT_MAX_UPLOAD,
+        GENERATOR="local",
+        ALLOWED_HOSTS=(),
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(config or {})
+    app.config["DATA_DIR"] = str(data_dir(app.config["DATA_DIR"]))
+    app.config["CSRF_TOKEN"] = secrets.token_urlsafe(32)
+    app.json.sort_keys = False
+    app.extensions["rag"] = Resources(app.config)
+
+    app.before_request(check_host)
+    register_error_handlers(app)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if response.mimetype == "text/html":
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+        return response
+
+    return app

@@ -1,0 +1,40 @@
+"""The HTML pages: the search-and-answer page and a document view with a passage highlighted."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, render_template, request
+
+from rag.errors import RagError
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.get("/")
+def index():
+    from web.api import DEFAULT_MODE, MAX_K, modes, readers, stats_json
+
+    return render_template(
+        "index.html", stats=stats_json(), modes=modes(), readers=readers(), default_mode=DEFAULT_MODE,
+        max_k=MAX_K, q=request.args.get("q", ""), auth_required=bool(current_app.config["API_TOKEN"]),
+    )
+
+
+@bp.get("/documents/<int:doc_id>")
+def document(doc_id: int):
+    """The whole document; ?passage=ID highlights that passage by its character offsets."""
+    store = current_app.extensions["rag"].library.store
+    try:
+        doc = store.document(doc_id)
+        text = store.document_text(doc_id)
+        passages = store.passages_of(doc_id)
+    except RagError:
+        abort(404)
+    passage = None
+    wanted = request.args.get("passage", type=int)
+    if wanted is not None:
+        passage = next((p for p in passages if p.id == wanted), None)
+    if passage is None:
+        before, marked, after = text, "", ""
+    else:
+        before, marked, after = text[:passage.start], text[passage.start:passage.end], text[passage.end:]
+    return render_template("document.html", document=doc, passage=passage, passage_count=len(passages),
+                           before=before, marked=marked, after=after)

@@ -1,0 +1,96 @@
+"""Serving the app with waitress: the bind-address rule and a server object tests and benchmarks can stop."""
+from __future__ import annotations
+
+import ipaddress
+import threading
+
+from flask import Flask
+from waitress.server import create_server
+
+from rag.errors import RagError
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback names and addresses (127.0.0.0/8, ::1), with or without a :port or [brackets]."""
+    host = host.strip()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_host(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine unless write endpoints are protected by RAG_API_TOKEN."""
+    if not is_loopback(host) and not token:
+        raise RagError(
+            f"refusing to listen on {host}: anyone on the network could upload and delete documents; "
+            "set RAG_API_TOKEN to a secret to require it for writes, or use --host 127.0.0.1"
+        )
+
+
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000, threads: int = 8):
+    """A waitress server bound now (port 0 picks a free one: see ``.effective_port``); call ``.run()``."""
+    return create_server(app, host=host, port=port, threads=threads, ident="rag")
+
+
+class BackgroundServer:
+    """A waitress server running in a daemon thread, for tests and the load benchmark."""
+
+    def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
+        self.server = make_server(app, host, port, threads)
+        self.url = f"http://{host}:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, name="rag-waitress", daemon=True)
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the listening socket and every open connection; the loop then ends and the thread exits."""
+        from waitress import wasyncore
+
+        wasyncore.close_all(self.server._map)
+        self.thread.join(timeout=10)
+
+
+def serve(data: str | None, host: str = "127.0.0.1", port: int = 8000, threads: int = 8,
+          generator: str = "local", echo=print) -> None:
+    """`rag serve`: check the bind address, load the library and encoder once, then serve until stopped."""
+    import os
+
+    from web import create_app
+
+    token = os.environ.get("RAG_API_TOKEN") or None
+    check_bind_host(host, token)
+    app = create_app({"DATA_DIR": data, "GENERATOR": generator, "API_TOKEN": token})
+    resources = app.extensions["rag"]
+    echo(f"Loading the library in {app.config['DATA_DIR']} (encoder and index)…")
+    resources.preload()
+    stats = resources.library.stats()
+    echo(f"{stats['documents']} documents, {stats['passages']} passages, backend {resources.library.backend}, "
+         f"encoder {resources.library.encoder.name}; the generator ({generator}) loads on the first Ask.")
+    try:
+        server = make_server(app, host, port, threads)
+    except OSError as exc:
+        raise RagError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    shown = f"[{host}]" if ":" in host else host
+    echo(f"Serving on http://{shown}:{server.effective_port}/ (API: /api/openapi.json); Ctrl+C stops.")
+    if token:
+        echo("Uploads and deletes need 'Authorization: Bearer $RAG_API_TOKEN'.")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()

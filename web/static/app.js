@@ -1,0 +1,415 @@
+// The page's behaviour: search, ask (streamed), citations, document view, upload, delete, status.
+// Every piece of document text goes into the page through textContent or text nodes, never innerHTML,
+// so a document holding markup or <script> is shown as text and never runs.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
+const authRequired = document.querySelector("main").dataset.authRequired === "true";
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) node.append(child);  // strings become text nodes
+  return node;
+}
+
+// --- talking to the API -----------------------------------------------------------------------
+
+function writeHeaders() {
+  const headers = { "X-CSRF-Token": csrfToken };
+  const token = $("api-token").value || sessionStorage.getItem("rag-api-token");
+  if (token) headers["Authorization"] = "Bearer " + token;
+  return headers;
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error) return body.error;
+  } catch (e) { /* not JSON */ }
+  return `${response.status} ${response.statusText}`;
+}
+
+async function getJSON(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  return response.json();
+}
+
+// --- status -----------------------------------------------------------------------------------
+
+async function refreshStatus() {
+  try {
+    const s = await getJSON("/api/stats");
+    $("stat-documents").textContent = s.documents;
+    $("stat-passages").textContent = s.passages;
+    $("stat-backend").textContent = s.backend;
+    $("stat-encoder").textContent = s.encoder;
+    $("stat-generator").textContent = s.generator.message;
+    $("stat-generator").dataset.state = s.generator.state;
+    $("documents-count").textContent = s.documents;
+    $("status-message").textContent = s.message || "";
+    $("status-message").hidden = !s.message;
+  } catch (e) {
+    $("status-message").textContent = "Status unavailable: " + e.message;
+    $("status-message").hidden = false;
+  }
+}
+
+// --- progress and errors ----------------------------------------------------------------------
+
+function busy(message) {
+  $("progress-text").textContent = message;
+  $("progress").hidden = false;
+  $("search-button").disabled = true;
+  $("ask-button").disabled = true;
+}
+
+function idle() {
+  $("progress").hidden = true;
+  $("search-button").disabled = false;
+  $("ask-button").disabled = false;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+// --- rendering passages -----------------------------------------------------------------------
+
+const WORD = /[\p{L}\p{N}_]+/gu;
+
+function sameWord(term, word) {
+  return term === word || word === term + "s" || word === term + "es" || term === word + "s" || term === word + "es";
+}
+
+// Append text to parent, wrapping the words that match one of the terms in <mark>.
+function appendMarked(parent, text, terms) {
+  if (!terms || !terms.length) { parent.append(text); return; }
+  let last = 0;
+  for (const match of text.matchAll(WORD)) {
+    const word = match[0].toLowerCase();
+    if (terms.some((t) => sameWord(t, word))) {
+      parent.append(text.slice(last, match.index), el("mark", { text: match[0] }));
+      last = match.index + match[0].length;
+    }
+  }
+  parent.append(text.slice(last));
+}
+
+function renderHits(hits, title, citedIds) {
+  const list = $("results");
+  list.replaceChildren();
+  $("results-title").textContent = title;
+  for (const [i, hit] of hits.entries()) {
+    const doc = hit.document;
+    const open = el("a", { class: "hit-title", href: `/documents/${doc.id}?passage=${hit.passage_id}#highlight`,
+                           text: doc.title || doc.path, "data-document": doc.id, "data-passage": hit.passage_id });
+    open.addEventListener("click", (event) => {
+      if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;  // new tab: the server page
+      event.preventDefault();
+      openDocument(doc.id, hit.passage_id);
+    });
+    const head = el("div", { class: "hit-head" },
+      el("span", { class: "hit-n", text: `[${i + 1}]` }), open,
+      el("span", { class: "hit-path", text: doc.path }),
+      el("span", { class: "hit-score", text: `score ${Number(hit.score).toFixed(4)}` }));
+    const text = el("p", { class: "hit-text" });
+    appendMarked(text, hit.text, hit.matched_terms);
+    const terms = el("div", { class: "terms" });
+    if (hit.matched_terms && hit.matched_terms.length) {
+      terms.append("matched: ");
+      for (const t of hit.matched_terms) terms.append(el("span", { class: "term", text: t }));
+    } else {
+      terms.append(el("span", { class: "meta", text: "no query term in this passage (found by meaning)" }));
+    }
+    const item = el("li", { class: "hit", id: `passage-${hit.passage_id}`, "data-passage": hit.passage_id }, head, text, terms);
+    if (citedIds && citedIds.has(hit.passage_id)) item.classList.add("cited");
+    list.append(item);
+  }
+  if (!hits.length) list.append(el("li", { class: "meta", text: "No passage matched." }));
+  $("results-box").hidden = false;
+}
+
+function highlightPassage(passageId) {
+  for (const node of document.querySelectorAll(".hit.highlighted")) node.classList.remove("highlighted");
+  const target = $(`passage-${passageId}`);
+  if (!target) return;
+  target.classList.add("highlighted");
+  target.scrollIntoView({ behavior: "smooth", block: "center" });
+}
+
+// The answer text with every [n] that names a cited passage turned into a link to it.
+function renderAnswerText(text, citations) {
+  const byN = new Map(citations.map((c) => [c.n, c]));
+  const box = $("answer-text");
+  box.replaceChildren();
+  let last = 0;
+  for (const match of text.matchAll(/\[(\d+)\]/g)) {
+    const citation = byN.get(Number(match[1]));
+    if (!citation) continue;
+    box.append(text.slice(last, match.index));
+    const link = el("a", { class: "citation", href: `#passage-${citation.passage_id}`, text: match[0],
+                           title: citation.document.title || citation.document.path,
+                           "data-passage": citation.passage_id });
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      highlightPassage(citation.passage_id);
+    });
+    box.append(link);
+    last = match.index + match[0].length;
+  }
+  box.append(text.slice(last));
+}
+
+function renderAnswer(answer) {
+  $("answer-text").classList.remove("streaming");
+  renderAnswerText(answer.answer, answer.citations);
+  const timings = Object.entries(answer.timings || {}).map(([k, v]) => `${k} ${Number(v).toFixed(2)} s`).join(", ");
+  const cited = answer.citations.length ? `${answer.citations.length} citation(s)` : "no citation";
+  $("answer-meta").textContent = timings ? `${cited} · ${timings}` : cited;
+  const hyde = answer.hyde || [];
+  $("hyde-list").replaceChildren(...hyde.map((h) => el("li", { text: h })));
+  $("hyde-box").hidden = !hyde.length;
+  $("answer").hidden = false;
+  renderHits(answer.passages, "Passages given to the reader", new Set(answer.citations.map((c) => c.passage_id)));
+}
+
+// --- search and ask ---------------------------------------------------------------------------
+
+function options() {
+  return {
+    q: $("q").value.trim(),
+    k: $("k").value,
+    mode: $("mode").value,
+    hyde: $("hyde").checked,
+    reader: $("reader").value,
+    where: $("where").value.trim(),
+  };
+}
+
+function remember(action, o) {
+  const params = new URLSearchParams({ q: o.q, action, mode: o.mode, k: o.k });
+  history.replaceState(null, "", "?" + params.toString());
+}
+
+async function runSearch() {
+  const o = options();
+  if (!o.q) { showError("Type a query first."); return; }
+  showError("");
+  remember("search", o);
+  busy("Searching…");
+  try {
+    const params = new URLSearchParams({ q: o.q, k: o.k, mode: o.mode });
+    if (o.where) params.set("where", o.where);
+    const result = await getJSON("/api/search?" + params.toString());
+    $("answer").hidden = true;
+    renderHits(result.results, `Passages for “${result.query}” (${result.mode})`);
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    idle();
+  }
+}
+
+// Server-sent events over a fetch stream (EventSource cannot POST): "status", "token", "answer", "error".
+async function* readEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) !== -1) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let name = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) name = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      if (data) yield { name, data: JSON.parse(data) };
+    }
+  }
+}
+
+async function runAsk() {
+  const o = options();
+  if (!o.q) { showError("Type a question first."); return; }
+  showError("");
+  remember("ask", o);
+  busy("Asking…");
+  $("answer").hidden = false;
+  $("answer-text").replaceChildren();
+  $("answer-text").classList.add("streaming");
+  $("answer-meta").textContent = "";
+  $("hyde-box").hidden = true;
+  $("results-box").hidden = true;
+  let finished = false;
+  try {
+    const body = { question: o.q, k: Number(o.k), mode: o.mode, hyde: o.hyde, reader: o.reader };
+    if (o.where) body.where = o.where;
+    const response = await fetch("/api/ask", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify(body),
+    });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    for await (const event of readEvents(response)) {
+      if (event.name === "status") {
+        $("progress-text").textContent = event.data.message;
+        refreshStatus();
+      } else if (event.name === "token") {
+        $("progress-text").textContent = "Writing the answer…";
+        $("answer-text").append(event.data.text);
+      } else if (event.name === "answer") {
+        renderAnswer(event.data);
+        finished = true;
+      } else if (event.name === "error") {
+        throw new Error(event.data.error);
+      }
+    }
+    if (!finished) throw new Error("the answer stream ended early; try again");
+  } catch (e) {
+    $("answer-text").classList.remove("streaming");
+    if (!$("answer-text").textContent) $("answer").hidden = true;
+    showError(e.message);
+  } finally {
+    idle();
+    refreshStatus();
+  }
+}
+
+// --- the document view ------------------------------------------------------------------------
+
+async function openDocument(documentId, passageId) {
+  try {
+    const doc = await getJSON(`/api/documents/${documentId}`);
+    const passage = doc.passages.find((p) => p.id === passageId);
+    $("doc-title").textContent = doc.document.title || doc.document.path;
+    $("doc-path").textContent = `${doc.document.path} · ${doc.passages.length} passages`;
+    const pre = $("doc-text");
+    pre.replaceChildren();
+    if (passage) {
+      const mark = el("mark", { class: "passage-highlight", id: "doc-highlight", text: doc.text.slice(passage.start, passage.end) });
+      pre.append(doc.text.slice(0, passage.start), mark, doc.text.slice(passage.end));
+      $("document-view").hidden = false;
+      $("document-view").scrollIntoView({ block: "start" });
+      mark.scrollIntoView({ block: "center" });
+    } else {
+      pre.append(doc.text);
+      $("document-view").hidden = false;
+      $("document-view").scrollIntoView({ block: "start" });
+    }
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+// --- upload and delete ------------------------------------------------------------------------
+
+function upload(form) {
+  const files = $("upload-files").files;
+  if (!files.length) return;
+  const token = $("api-token").value;
+  if (token) sessionStorage.setItem("rag-api-token", token);
+  const data = new FormData();
+  for (const file of files) data.append("file", file);
+  data.append("collection", $("upload-collection").value || "default");
+  const bar = $("upload-progress");
+  const results = $("upload-results");
+  results.replaceChildren(el("li", { class: "meta", text: `Uploading ${files.length} file(s)…` }));
+  bar.hidden = false;
+  bar.value = 0;
+  $("upload-button").disabled = true;
+
+  const xhr = new XMLHttpRequest();  // fetch cannot report upload progress
+  xhr.open("POST", form.action);
+  for (const [name, value] of Object.entries(writeHeaders())) xhr.setRequestHeader(name, value);
+  xhr.setRequestHeader("Accept", "application/json");
+  xhr.upload.addEventListener("progress", (event) => {
+    if (event.lengthComputable) bar.value = Math.round((100 * event.loaded) / event.total);
+  });
+  xhr.upload.addEventListener("load", () => {
+    bar.removeAttribute("value");  // indeterminate while the server ingests
+    results.replaceChildren(el("li", { class: "meta", text: "Ingesting (reading, chunking, encoding)…" }));
+  });
+  xhr.addEventListener("loadend", () => {
+    $("upload-button").disabled = false;
+    bar.hidden = true;
+    let body = null;
+    try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+    results.replaceChildren();
+    if (body && body.files) {
+      for (const f of body.files) {
+        const line = `${f.file}: ${f.status}` + (f.reason ? ` — ${f.reason}` : "") +
+                     (f.passages !== undefined && f.status !== "failed" ? ` (${f.passages} passages)` : "");
+        results.append(el("li", { class: f.status, text: line }));
+      }
+    }
+    if (xhr.status >= 400 || xhr.status === 0) {
+      const message = (body && body.error) || (xhr.status ? `upload failed (${xhr.status})` : "upload failed: the server did not answer");
+      results.append(el("li", { class: "failed", text: message }));
+    }
+    form.reset();
+    refreshStatus();
+    loadDocuments();
+  });
+  xhr.send(data);
+}
+
+async function deleteDocument(doc, item) {
+  if (!confirm(`Delete “${doc.title || doc.path}” from the library?`)) return;
+  const response = await fetch(`/api/documents/${doc.id}`, { method: "DELETE", headers: writeHeaders() });
+  if (!response.ok) { showError(await errorMessage(response)); return; }
+  item.remove();
+  refreshStatus();
+}
+
+async function loadDocuments() {
+  try {
+    const result = await getJSON("/api/documents?limit=200");
+    const list = $("documents");
+    list.replaceChildren();
+    for (const doc of result.documents) {
+      const remove = el("button", { type: "button", class: "delete", text: "Delete", "data-document": doc.id });
+      const item = el("li", { "data-document": doc.id },
+        el("a", { href: `/documents/${doc.id}`, text: doc.title || doc.path }),
+        el("span", { class: "meta", text: ` ${doc.path} · ${doc.passages} passages` }), remove);
+      remove.addEventListener("click", () => deleteDocument(doc, item));
+      list.append(item);
+    }
+    if (result.total > result.documents.length) {
+      list.append(el("li", { class: "meta", text: `… and ${result.total - result.documents.length} more` }));
+    }
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+// --- wiring -----------------------------------------------------------------------------------
+
+$("query-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const action = event.submitter ? event.submitter.value : "search";
+  if (action === "ask") runAsk(); else runSearch();
+});
+$("doc-close").addEventListener("click", () => { $("document-view").hidden = true; });
+$("upload-form").addEventListener("submit", (event) => { event.preventDefault(); upload(event.target); });
+if (authRequired) $("api-token").value = sessionStorage.getItem("rag-api-token") || "";
+
+loadDocuments();
+const start = new URLSearchParams(location.search);
+if (start.get("mode")) $("mode").value = start.get("mode");
+if (start.get("k")) $("k").value = start.get("k");
+if (start.get("q")) {
+  if (start.get("action") === "ask") runAsk(); else runSearch();
+}
