@@ -1,0 +1,124 @@
+"""Split a document into passages that fit the encoder's window, keeping character offsets.
+
+Passages are packed from the largest natural units that fit: paragraphs (blank lines), then
+lines, then sentences, and only as a last resort runs of tokens. Consecutive passages share about
+``overlap`` tokens of whole units so a sentence cut at a boundary is still seen whole once.
+Every passage is checked against the real tokenizer: it never exceeds ``max_tokens``.
+"""
+from __future__ import annotations
+
+import re
+
+Span = tuple[int, int]
+
+_PARAGRAPH = re.compile(r"\n\s*\n")
+_LINE = re.compile(r"\n")
+_SENTENCE = re.compile(r"(?<=[.!?;:])\s+")
+
+
+def _split(text: str, start: int, end: int, pattern: re.Pattern) -> list[Span]:
+    """Non-blank pieces of text[start:end] between matches of pattern, trimmed of whitespace."""
+    pieces, pos = [], start
+    for m in pattern.finditer(text, start, end):
+        pieces.append((pos, m.start()))
+        pos = m.end()
+    pieces.append((pos, end))
+    return [s for s in (_trim(text, a, b) for a, b in pieces) if s]
+
+
+def _trim(text: str, start: int, end: int) -> Span | None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if end > start else None
+
+
+class Chunker:
+    """Token-budgeted chunking with one tokenizer (the encoder's)."""
+
+    def __init__(self, tokenizer, max_tokens: int, overlap: int = 0):
+        if max_tokens < 8:
+            raise ValueError(f"chunk size must be at least 8 tokens, got {max_tokens}")
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.overlap = max(0, min(overlap, max_tokens // 2))
+
+    def count(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+
+    def units(self, text: str) -> list[tuple[Span, int]]:
+        """The text cut into units that each fit the budget, with their token counts."""
+        out: list[tuple[Span, int]] = []
+        levels = (_PARAGRAPH, _LINE, _SENTENCE)
+        todo = [(s, 0) for s in _split(text, 0, len(text), levels[0])]
+        while todo:
+            spans = [s for s, _ in todo]
+            counts = self.count([text[a:b] for a, b in spans])
+            nxt = []
+            for (span, level), n in zip(todo, counts):
+                if n <= self.max_tokens:
+                    out.append((span, n))
+                elif level + 1 < len(levels):
+                    pieces = _split(text, span[0], span[1], levels[level + 1])
+                    if len(pieces) > 1:
+                        nxt += [(p, level + 1) for p in pieces]
+                    else:
+                        nxt.append((span, level + 1))
+                else:
+                    out += self._token_windows(text, span)
+            todo = nxt
+        out.sort()
+        return out
+
+    def _token_windows(self, text: str, span: Span) -> list[tuple[Span, int]]:
+        """A unit with no natural break that fits: cut it every max_tokens tokens."""
+        enc = self.tokenizer(text[span[0]:span[1]], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = enc["offset_mapping"]
+        out = []
+        for i in range(0, len(offsets), self.max_tokens):
+            window = offsets[i:i + self.max_tokens]
+            piece = _trim(text, span[0] + window[0][0], span[0] + window[-1][1])
+            if piece:
+                out.append((piece, len(window)))
+        return out
+
+    def chunk(self, text: str) -> list[Span]:
+        """(start, end) character offsets of each passage, in order."""
+        units = self.units(text)
+        spans: list[Span] = []
+        i = 0
+        while i < len(units):
+            j, total = i, 0
+            while j < len(units) and total + units[j][1] <= self.max_tokens:
+                total += units[j][1]
+                j += 1
+            j = max(j, i + 1)
+            spans.append((units[i][0][0], units[j - 1][0][1]))
+            if j >= len(units):
+                break
+            # step back over whole units worth at most `overlap` tokens, always moving forward
+            back, carried = j, 0
+            while back - 1 > i and carried + units[back - 1][1] <= self.overlap:
+                back -= 1
+                carried += units[back][1]
+            i = back
+        return self._enforce(text, spans)
+
+    def _enforce(self, text: str, spans: list[Span]) -> list[Span]:
+        """Re-count whole passages (joining units can merge tokens) and cut any that overflow."""
+        counts = self.count([text[a:b] for a, b in spans])
+        out = []
+        for span, n in zip(spans, counts):
+            if n <= self.max_tokens:
+                out.append(span)
+            else:
+                out += [s for s, _ in self._token_windows(text, span)]
+        return out
+
+
+def chunk(text: str, tokenizer, max_tokens: int, overlap: int = 0) -> list[Span]:
+    """Passages of ``text`` as (start, end) character offsets, each at most ``max_tokens`` tokens."""
+    return Chunker(tokenizer, max_tokens, overlap).chunk(text)

@@ -1,0 +1,367 @@
+"""Ingestion: sources -> documents -> passages -> embeddings -> store + index.
+
+Passages are encoded in large batches gathered across files (the encoder sorts them by length, so
+big batches keep it near its raw speed), but each source is then committed on its own
+transaction: a crash loses at most the batch in flight, and the next run redoes only that.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from rag.chunking import Chunker
+from rag.errors import RagError
+from rag.loaders import LOADERS, LoadError, LoadOptions, load_bytes
+from rag.records import SourceDocument
+from rag.store import NewDocument
+
+# Passages gathered before one encode call: large enough for length-sorted batching to pay off.
+ENCODE_BATCH = 2048
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+TITLE_MAX_TOKENS = 32  # a longer title is cut to this before it is prefixed to each passage
+DEFAULT_OVERLAP = 32
+
+# Skipped while walking folders (files named on the command line are always read).
+DEFAULT_EXCLUDES = (
+    ".*", "_sources", "_static", "_images", "_downloads", "__pycache__", "node_modules",
+    "genindex*.html", "py-modindex.html", "search.html",
+)
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    removed: int = 0  # pruned sources
+    duplicates: int = 0  # documents whose content was already stored (kept as aliases)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    passages: int = 0
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    @property
+    def passages_per_second(self) -> float:
+        return self.passages / self.seconds if self.seconds > 0 else 0.0
+
+    def fail(self, path: str, reason: str) -> None:
+        self.failed += 1
+        self.failures.append((path, reason))
+
+    def to_json(self) -> dict:
+        return {"added": self.added, "updated": self.updated, "skipped": self.skipped, "failed": self.failed,
+                "removed": self.removed, "duplicates": self.duplicates,
+                "failures": [{"path": p, "reason": r} for p, r in self.failures],
+                "passages": self.passages, "seconds": round(self.seconds, 3),
+                "passages_per_second": round(self.passages_per_second, 2)}
+
+
+@dataclass
+class Source:
+    """One unit of commit: a file (possibly many records) or one in-memory record."""
+
+    key: str
+    hash: str
+    docs: list[SourceDocument]
+    size: int = 0
+    mtime: float | None = None
+
+
+@dataclass
+class _Pending:
+    source: Source
+    docs: list[NewDocument]
+    texts: list[str]  # encoder inputs, one per passage, in doc order
+
+
+def content_hash(title: str, text: str) -> str:
+    return hashlib.sha256(f"{title}\x00{text}".encode("utf-8")).hexdigest()
+
+
+# --- walking the file system -------------------------------------------------------------------
+
+
+def _matches(path: Path, patterns: Iterable[str]) -> bool:
+    """A glob matches the file name, any folder name on the way, or the whole path."""
+    text = path.as_posix()
+    for pattern in patterns:
+        if fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(text, pattern) \
+                or fnmatch.fnmatch(text, f"*/{pattern}") or any(fnmatch.fnmatch(part, pattern) for part in path.parts[:-1]):
+            return True
+    return False
+
+
+def find_files(paths: list[str], include=None, exclude=None, default_excludes: bool = True
+               ) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to read under ``paths`` (folders walked recursively, sorted), and paths that do not exist."""
+    include = list(include or [])
+    exclude = list(exclude or []) + (list(DEFAULT_EXCLUDES) if default_excludes else [])
+    files, missing = [], []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_file():
+            files.append(path.resolve())
+        elif path.is_dir():
+            root = path.resolve()
+            for dirpath, dirnames, filenames in os.walk(root):
+                rel_dir = Path(dirpath).relative_to(root)
+                dirnames[:] = sorted(d for d in dirnames if not _matches(rel_dir / d / "x", exclude))
+                for name in sorted(filenames):
+                    rel = rel_dir / name
+                    if Path(name).suffix.lower() not in LOADERS or _matches(rel, exclude):
+                        continue
+                    if include and not _matches(rel, include):
+                        continue
+                    files.append(root / rel)
+        else:
+            missing.append((raw, "no such file or directory"))
+    return list(dict.fromkeys(files)), missing
+
+
+def read_source(path: Path, options: LoadOptions, max_bytes: int) -> tuple[Source, bytes]:
+    """Read one file and hash its bytes; LoadError says what is wrong with it."""
+    try:
+        stat = path.stat()
+        if stat.st_size > max_bytes:
+            raise LoadError(f"too large: {stat.st_size / 1e6:.1f} MB (limit {max_bytes / 1e6:.0f} MB, see --max-size)")
+        if stat.st_size == 0:
+            raise LoadError("empty file")
+        data = path.read_bytes()
+    except PermissionError as exc:
+        raise LoadError("unreadable: permission denied") from exc
+    except OSError as exc:
+        raise LoadError(f"unreadable: {exc.strerror or exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    return Source(key=str(path), hash=digest, docs=[], size=len(data), mtime=stat.st_mtime), data
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+
+class _Ingester:
+    """Chunk sources, encode their passages in big batches, commit each source whole."""
+
+    def __init__(self, library, collection: str, chunk_tokens: int | None, overlap: int | None,
+                 report: IngestReport, progress: bool):
+        self.library = library
+        self.store = library.store
+        self.encoder = library.encoder
+        self.collection = collection
+        self.report = report
+        tokenizer = self.encoder.tokenizer
+        special = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(tokenizer, "num_special_tokens_to_add") else 2
+        self.window = int(self.encoder.max_tokens) - special  # tokens available for title + passage
+        if chunk_tokens is not None and chunk_tokens < 16:
+            raise RagError(f"--chunk-tokens must be at least 16, got {chunk_tokens}")
+        self.chunk_tokens = min(chunk_tokens or self.window, self.window)
+        self.overlap = DEFAULT_OVERLAP if overlap is None else overlap
+        if self.overlap < 0 or self.overlap >= self.chunk_tokens:
+            raise RagError(f"--overlap must be between 0 and the chunk size ({self.chunk_tokens}), got {overlap}")
+        self.tokenizer = tokenizer
+        self.pending: list[_Pending] = []
+        self.pending_passages = 0
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=0, unit="passage", desc="encoding", file=sys.stderr, dynamic_ncols=True)
+
+    def _title_prefix(self, title: str) -> tuple[str, int]:
+        """The title as it is prefixed to each passage (cut to TITLE_MAX_TOKENS), and its token count."""
+        title = " ".join(title.split())
+        if not title:
+            return "", 0
+        enc = self.tokenizer(title, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        if len(offsets) > TITLE_MAX_TOKENS:
+            title, offsets = title[: offsets[TITLE_MAX_TOKENS - 1][1]], offsets[:TITLE_MAX_TOKENS]
+        if self.window - len(offsets) < self.chunk_tokens // 2:
+            return "", 0
+        return title, len(offsets)
+
+    def add(self, source: Source) -> None:
+        """Chunk a source's documents; encode when enough passages are waiting."""
+        docs, texts = [], []
+        for doc in source.docs:
+            digest = content_hash(doc.title, doc.text)
+            new = NewDocument(path=doc.uri, title=doc.title, text=doc.text, content_hash=digest, spans=[],
+                              vectors=np.zeros((0, self.encoder.dim), dtype=np.float32), collection=self.collection,
+                              size=len(doc.text.encode("utf-8")) if len(source.docs) > 1 else source.size or len(doc.text),
+                              mtime=doc.mtime if doc.mtime is not None else source.mtime, metadata=dict(doc.metadata))
+            if not self.store.has_content(digest, self.collection, exclude_source=source.key):
+                prefix, prefix_tokens = self._title_prefix(doc.title)
+                budget = min(self.chunk_tokens, self.window - prefix_tokens)
+                new.spans = Chunker(self.tokenizer, budget, min(self.overlap, budget // 2)).chunk(doc.text)
+                texts += [f"{prefix}\n{doc.text[a:b]}" if prefix else doc.text[a:b] for a, b in new.spans]
+            docs.append(new)
+        self.pending.append(_Pending(source, docs, texts))
+        self.pending_passages += len(texts)
+        if self.bar is not None:
+            self.bar.total += len(texts)
+            self.bar.refresh()
+        if self.pending_passages >= ENCODE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Encode every waiting passage at once, then commit source by source."""
+        if not self.pending:
+            return
+        texts = [t for p in self.pending for t in p.texts]
+        started = time.perf_counter()
+        vectors = self._encode(texts)
+        self.report.encode_seconds += time.perf_counter() - started
+        at = 0
+        for item in self.pending:
+            for doc in item.docs:
+                doc.vectors = vectors[at: at + len(doc.spans)]
+                at += len(doc.spans)
+            result = self.store.write_source(item.source.key, item.source.hash, item.docs)
+            self.library.apply(result)
+            if result.replaced:
+                self.report.updated += 1
+            else:
+                self.report.added += 1
+            self.report.duplicates += result.duplicates
+            self.report.passages += len(result.added_ids)
+        self.pending, self.pending_passages = [], 0
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """Encode in length-sorted slices so the progress bar moves; same work as one big call."""
+        if not texts:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
+        out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
+        step = 256
+        for i in range(0, len(order), step):
+            rows = order[i: i + step]
+            out[rows] = self.encoder.encode([texts[j] for j in rows])
+            if self.bar is not None:
+                self.bar.update(len(rows))
+        return out
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, chunk_tokens, overlap,
+         progress: bool, report: IngestReport) -> IngestReport:
+    started = time.perf_counter()
+    if not collection or not str(collection).strip():
+        raise RagError("the collection name must not be empty")
+    library.index  # load (or catch up) the index first, so each write can follow it
+    ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress)
+    try:
+        for item in sources:
+            if isinstance(item, tuple):
+                report.fail(*item)
+                continue
+            state = library.store.source_state(item.key)
+            if state == (item.hash, collection):
+                report.skipped += 1
+                continue
+            ingester.add(item)
+        ingester.flush()
+    finally:
+        ingester.close()
+        library.save_index()
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def ingest_documents(library, docs: Iterable[SourceDocument], collection: str = "default",
+                     progress: bool = False, chunk_tokens: int | None = None,
+                     overlap: int | None = None) -> IngestReport:
+    """Ingest in-memory records; the uri is the key (same uri and content: skipped; changed: replaced)."""
+    report = IngestReport()
+
+    def sources() -> Iterator[Source | tuple[str, str]]:
+        for doc in docs:
+            if not doc.text or not doc.text.strip():
+                yield (doc.uri, "empty: no text")
+                continue
+            size = len(doc.text.encode("utf-8"))
+            yield Source(key=doc.uri, hash=content_hash(doc.title, doc.text), docs=[doc], size=size, mtime=doc.mtime)
+
+    return _run(library, sources(), collection, chunk_tokens, overlap, progress, report)
+
+
+def ingest_paths(library, paths: list[str], collection: str = "default", include=None, exclude=None,
+                 chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
+                 progress: bool = False, options: LoadOptions | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                 stdin_name: str = "stdin", default_excludes: bool = True) -> IngestReport:
+    """Ingest files and folders (``-`` reads stdin); bad files are reported and the rest go in."""
+    options = options or LoadOptions()
+    report = IngestReport()
+    if not paths:
+        raise RagError("nothing to ingest: give files, folders or - for stdin")
+    use_stdin = "-" in paths
+    files, missing = find_files([p for p in paths if p != "-"], include, exclude, default_excludes)
+
+    def sources() -> Iterator[Source | tuple[str, str]]:
+        yield from missing
+        if use_stdin:
+            data = sys.stdin.buffer.read()
+            yield from _parse(stdin_name, data, Source(key=stdin_name, hash=hashlib.sha256(data).hexdigest(),
+                                                       docs=[], size=len(data)), options,
+                              fmt=Path(stdin_name).suffix.lower() if Path(stdin_name).suffix.lower() in LOADERS else ".txt")
+        for path in files:
+            try:
+                source, data = read_source(path, options, max_bytes)
+            except LoadError as exc:
+                yield (str(path), str(exc))
+                continue
+            if library.store.source_state(source.key) == (source.hash, collection):
+                yield source  # unchanged: skipped before any parsing
+                continue
+            yield from _parse(str(path), data, source, options)
+
+    _run(library, sources(), collection, chunk_tokens, overlap, progress, report)
+    if prune:
+        report.removed = prune_missing(library, [p for p in paths if p != "-"])
+    return report
+
+
+def _parse(path: str, data: bytes, source: Source, options: LoadOptions, fmt: str | None = None
+           ) -> Iterator[Source | tuple[str, str]]:
+    if not data.strip():
+        yield (path, "empty file")
+        return
+    try:
+        docs = load_bytes(path, data, options, fmt=fmt)
+    except LoadError as exc:
+        yield (path, str(exc))
+        return
+    except Exception as exc:  # a parser library failing on a damaged file must not stop the run
+        yield (path, f"cannot read: {type(exc).__name__}: {exc}")
+        return
+    docs = [d for d in docs if d.text.strip()]
+    if not docs:
+        yield (path, "empty: no text found")
+        return
+    source.docs = docs
+    yield source
+
+
+def prune_missing(library, roots: list[str]) -> int:
+    """Remove stored files under ``roots`` that no longer exist; returns how many sources went."""
+    prefixes = [str(Path(r).expanduser().resolve()) for r in roots]
+    gone = 0
+    for source in library.store.sources():
+        if not source.startswith("/") or Path(source).exists():
+            continue
+        if any(source == p or source.startswith(p.rstrip("/") + "/") for p in prefixes):
+            library.remove_document(source, save=False)
+            gone += 1
+    if gone:
+        library.save_index()
+    return gone

@@ -1,0 +1,209 @@
+"""File formats -> SourceDocument records. One loader per format, chosen by file extension.
+
+A loader gets the raw bytes and returns the documents in them (one for a text, HTML or PDF file;
+one per record for JSON Lines, JSON and CSV). It raises LoadError with a reason a person can act on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rag.errors import RagError
+from rag.records import SourceDocument
+
+
+class LoadError(RagError):
+    """This file cannot be ingested; the message says why."""
+
+
+@dataclass
+class LoadOptions:
+    """How to read structured files: which fields hold the text, the id and the title."""
+
+    text_field: str = "text"
+    id_field: str | None = None
+    title_field: str | None = "title"
+    text_columns: list[str] = field(default_factory=list)  # CSV; empty = every column
+
+
+def decode_text(data: bytes) -> str:
+    """Bytes -> str: UTF-8 (with or without BOM), else the encoding charset_normalizer finds."""
+    if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LoadError("binary file (contains NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    if best is None:
+        raise LoadError("not text: no character encoding fits")
+    return str(best)
+
+
+def clean_text(text: str) -> str:
+    """Normalise newlines and strip trailing spaces; keep paragraph breaks (they guide chunking)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    text = re.sub(r"[ \t\f\v]+\n", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip()
+
+
+def _title_from_text(text: str, fallback: str) -> str:
+    for line in text.splitlines():
+        line = line.strip().lstrip("#").strip()
+        if line:
+            return line[:200]
+    return fallback
+
+
+def load_text(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
+    text = clean_text(decode_text(data))
+    return [SourceDocument(uri=path, title=_title_from_text(text, Path(path).name), text=text)]
+
+
+def load_markdown(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
+    text = clean_text(decode_text(data))
+    title = next((m.group(1).strip() for m in re.finditer(r"^#\s+(.+)$", text, re.M)), None)
+    return [SourceDocument(uri=path, title=title or _title_from_text(text, Path(path).name), text=text)]
+
+
+def load_html(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
+    """Main content through trafilatura (drops navigation and boilerplate); title from <title>."""
+    import trafilatura
+    from lxml import html as lxml_html
+
+    markup = decode_text(data)
+    if not markup.strip():
+        return [SourceDocument(uri=path, title=Path(path).name, text="")]
+    try:
+        tree = lxml_html.fromstring(markup)
+    except Exception as exc:  # lxml raises several types for broken markup
+        raise LoadError(f"cannot parse HTML: {exc}") from exc
+    title = " ".join((tree.findtext(".//title") or "").split()) or Path(path).name
+    text = trafilatura.extract(markup, include_tables=True, include_comments=False, favor_recall=True) or ""
+    if not text.strip():  # pages that are all "boilerplate" to trafilatura: fall back to the body text
+        body = tree.find(".//body")
+        text = body.text_content() if body is not None else ""
+    text = text.replace("\u00b6", "")  # Sphinx permalink marks
+    return [SourceDocument(uri=path, title=title, text=clean_text(text))]
+
+
+def load_pdf(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        pages = [page.extract_text() or "" for page in reader.pages]
+        meta_title = (reader.metadata.title if reader.metadata else None) or ""
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise LoadError(f"corrupt PDF: {exc}") from exc
+    except Exception as exc:  # pypdf raises assorted errors on damaged files
+        raise LoadError(f"corrupt PDF: {type(exc).__name__}: {exc}") from exc
+    text = clean_text("\n\n".join(p.strip() for p in pages if p.strip()))
+    title = str(meta_title).strip() or _title_from_text(text, Path(path).name)
+    return [SourceDocument(uri=path, title=title, text=text, metadata={"pages": len(pages)})]
+
+
+def _record(path: str, n: int, record, options: LoadOptions) -> SourceDocument:
+    """One JSON object -> a document keyed path#id (the id field) or path#n (its position)."""
+    where = f"record {n}"
+    if not isinstance(record, dict):
+        raise LoadError(f"{where} is not a JSON object")
+    if options.text_field not in record:
+        raise LoadError(f"{where} has no text field {options.text_field!r} (choose one with --text-field)")
+    key = n
+    if options.id_field:
+        if options.id_field not in record:
+            raise LoadError(f"{where} has no id field {options.id_field!r}")
+        key = record[options.id_field]
+    title = str(record.get(options.title_field) or "") if options.title_field else ""
+    skip = {options.text_field, options.id_field, options.title_field}
+    metadata = {k: v for k, v in record.items() if k not in skip and isinstance(v, (str, int, float, bool))}
+    text = clean_text(str(record[options.text_field] or ""))
+    return SourceDocument(uri=f"{path}#{key}", title=title or f"{Path(path).name}#{key}", text=text, metadata=metadata)
+
+
+def load_jsonl(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
+    docs = []
+    for n, line in enumerate(decode_text(data).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LoadError(f"line {n}: invalid JSON: {exc.msg}") from exc
+        docs.append(_record(path, n, record, options))
+    return docs
+
+
+def load_json(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
+    try:
+        value = json.loads(decode_text(data))
+    except json.JSONDecodeError as exc:
+        raise LoadError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    records = value if isinstance(value, list) else [value]
+    return [_record(path, n, r, options) for n, r in enumerate(records, 1)]
+
+
+def load_csv(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
+    """One document per row: the chosen text columns joined by blank lines, the rest as metadata."""
+    text = decode_text(data)
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    columns = reader.fieldnames or []
+    if not columns:
+        raise LoadError("CSV has no header row")
+    wanted = options.text_columns or columns
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise LoadError(f"CSV has no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)})")
+    docs = []
+    try:
+        for n, row in enumerate(reader, 1):
+            key = row.get(options.id_field) if options.id_field else None
+            key = key or n
+            body = "\n\n".join(str(row[c]).strip() for c in wanted if row.get(c) and str(row[c]).strip())
+            title = str(row.get(options.title_field) or "") if options.title_field else ""
+            metadata = {k: v for k, v in row.items() if k and k not in wanted and k != options.id_field and v}
+            docs.append(SourceDocument(uri=f"{path}#{key}", title=title or f"{Path(path).name}#{key}",
+                                       text=clean_text(body), metadata=metadata))
+    except csv.Error as exc:
+        raise LoadError(f"CSV row {n}: {exc}") from exc
+    return docs
+
+
+Loader = Callable[[str, bytes, LoadOptions], list[SourceDocument]]
+
+LOADERS: dict[str, Loader] = {
+    ".txt": load_text, ".text": load_text, ".rst": load_text,
+    ".md": load_markdown, ".markdown": load_markdown,
+    ".html": load_html, ".htm": load_html,
+    ".pdf": load_pdf,
+    ".jsonl": load_jsonl, ".ndjson": load_jsonl,
+    ".json": load_json,
+    ".csv": load_csv, ".tsv": load_csv,
+}
+
+
+def loader_for(path: str) -> Loader | None:
+    return LOADERS.get(Path(path).suffix.lower())
+
+
+def load_bytes(path: str, data: bytes, options: LoadOptions | None = None, fmt: str | None = None) -> list[SourceDocument]:
+    """Documents in ``data`` read as the format of ``path`` (or ``fmt``, an extension such as ".md")."""
+    loader = LOADERS.get(fmt) if fmt else loader_for(path)
+    if loader is None:
+        raise LoadError(f"unsupported file type {Path(path).suffix or '(none)'}; "
+                        f"supported: {', '.join(sorted(LOADERS))}")
+    return loader(path, data, options or LoadOptions())

@@ -1,0 +1,524 @@
+"""The document store: one SQLite file holding documents, passages, their embeddings and an FTS5 index.
+
+The database is the source of truth. Each source (a file, or one in-memory record) is written in a
+single transaction - documents, passages, embeddings and FTS rows together - so a crash leaves the
+old state or the new one. Passage ids come from AUTOINCREMENT and are never reused, which lets the
+vector index catch up by "every passage id above the last one I saw" (see rag.library).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import sqlite_utils
+
+from rag.errors import RagError
+from rag.records import Document, Passage
+
+DB_NAME = "rag.db"
+
+# Words too common to help BM25 pick passages; dropped from keyword queries unless nothing else is left.
+STOP_WORDS = frozenset(
+    "a an and are as at be but by for from had has have he her his i if in into is it its me my no not "
+    "of on or our she so such than that the their then there these they this those to was we were what "
+    "when where which while who whom why will with would you your does do did can could should how".split()
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    source_hash TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    collection TEXT NOT NULL DEFAULT 'default',
+    content_hash TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime REAL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    ingested_at TEXT NOT NULL,
+    text TEXT,
+    duplicate_of INTEGER REFERENCES documents(id)
+);
+CREATE INDEX IF NOT EXISTS documents_source ON documents(source);
+CREATE INDEX IF NOT EXISTS documents_content ON documents(collection, content_hash);
+CREATE INDEX IF NOT EXISTS documents_duplicate ON documents(duplicate_of);
+CREATE TABLE IF NOT EXISTS passages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id INTEGER NOT NULL REFERENCES documents(id),
+    ord INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS passages_document ON passages(document_id, ord);
+CREATE TABLE IF NOT EXISTS embeddings (passage_id INTEGER PRIMARY KEY, vector BLOB NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(title, body, tokenize='porter unicode61');
+"""
+
+_DOC_COLUMNS = "id, path, title, collection, content_hash, size, mtime, metadata, ingested_at"
+
+
+@dataclass
+class NewDocument:
+    """One document ready to be written: its text, chunks (offsets) and their embeddings."""
+
+    path: str
+    title: str
+    text: str
+    content_hash: str
+    spans: list[tuple[int, int]]  # (start, end) character offsets of each passage
+    vectors: np.ndarray  # (len(spans), dim) float32
+    collection: str = "default"
+    size: int = 0
+    mtime: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WriteResult:
+    """What one source write changed, so the vector index can follow."""
+
+    added_ids: np.ndarray  # new passage ids
+    vectors: np.ndarray  # their vectors, (n, dim)
+    removed_ids: np.ndarray  # passage ids gone from the store
+    replaced: bool  # the source existed before
+    duplicates: int = 0  # documents stored as a duplicate of existing content
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _document(row: sqlite3.Row) -> Document:
+    return Document(
+        id=row["id"], path=row["path"], title=row["title"], collection=row["collection"],
+        content_hash=row["content_hash"], size=row["size"], mtime=row["mtime"],
+        metadata=json.loads(row["metadata"] or "{}"), ingested_at=row["ingested_at"],
+    )
+
+
+def _passage(row: sqlite3.Row) -> Passage:
+    return Passage(id=row["id"], document_id=row["document_id"], order=row["ord"], text=row["text"],
+                   start=row["start"], end=row["end"])
+
+
+def keyword_query(text: str) -> str:
+    """An FTS5 MATCH expression: every word quoted (user punctuation never reaches FTS syntax), OR-ed."""
+    words = [w.lower() for w in re.findall(r"\w+", text)]
+    kept = [w for w in words if w not in STOP_WORDS] or words
+    unique = list(dict.fromkeys(kept))
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in unique)
+
+
+_META_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def where_sql(where: dict[str, str] | None) -> tuple[str, list]:
+    """SQL conditions on the documents table ``d`` for --where filters.
+
+    collection=NAME exact; path=GLOB and title=GLOB (shell-style, case-sensitive); id=N;
+    any other FIELD=VALUE matches the document metadata field (as text).
+    """
+    clauses, params = [], []
+    for key, value in (where or {}).items():
+        value = str(value)
+        if key == "collection":
+            clauses.append("d.collection = ?")
+        elif key in ("path", "title"):
+            clauses.append(f"d.{key} GLOB ?")
+        elif key == "id":
+            clauses.append("d.id = ?")
+        else:
+            if not _META_KEY.match(key):
+                raise RagError(f"bad filter field {key!r}: use letters, digits, '_', '-' or '.'")
+            clauses.append("CAST(json_extract(d.metadata, ?) AS TEXT) = ?")
+            params.append(f'$."{key}"')
+        params.append(value)
+    return (" AND ".join(clauses) or "1"), params
+
+
+class Store:
+    """An open rag.db. Safe to share across threads: every call holds one lock."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise RagError(f"cannot open the store {self.path}: {exc}") from exc
+        self.db = sqlite_utils.Database(self.conn)
+        self.lock = threading.RLock()
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # --- meta: encoder, backend, generation -------------------------------------------------
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        with self.lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.lock:
+            self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
+
+    def generation(self) -> int:
+        """Bumped by every write transaction; the vector index records the one it reflects."""
+        return int(self.meta("generation", "0"))
+
+    def _bump(self) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def documents(self, collection: str | None = None) -> list[Document]:
+        sql = f"SELECT {_DOC_COLUMNS} FROM documents"
+        args: tuple = ()
+        if collection:
+            sql, args = sql + " WHERE collection = ?", (collection,)
+        with self.lock:
+            return [_document(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def document(self, id: int) -> Document:
+        with self.lock:
+            row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?", (int(id),)).fetchone()
+        if row is None:
+            raise RagError(f"no document with id {id}")
+        return _document(row)
+
+    def documents_by_id(self, ids) -> dict[int, Document]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        with self.lock:
+            rows = self.conn.execute(
+                f"SELECT {_DOC_COLUMNS} FROM documents WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            ).fetchall()
+        return {r["id"]: _document(r) for r in rows}
+
+    def find_document(self, key: str | int) -> Document:
+        """A document by id (an int or all-digit string) or by its exact path."""
+        with self.lock:
+            row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE path = ?", (str(key),)).fetchone()
+            if row is None and str(key).isdigit():
+                row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?", (int(key),)).fetchone()
+        if row is None:
+            raise RagError(f"no document with path or id {key!r}")
+        return _document(row)
+
+    def duplicate_of(self, id: int) -> int | None:
+        with self.lock:
+            row = self.conn.execute("SELECT duplicate_of FROM documents WHERE id = ?", (int(id),)).fetchone()
+        return row[0] if row else None
+
+    def document_text(self, id: int) -> str:
+        """The full text the passage offsets refer to (a duplicate shares its original's)."""
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT COALESCE(o.text, d.text) FROM documents d LEFT JOIN documents o ON o.id = d.duplicate_of "
+                "WHERE d.id = ?", (int(id),)).fetchone()
+        if row is None:
+            raise RagError(f"no document with id {id}")
+        return row[0] or ""
+
+    def passages_of(self, doc_id: int) -> list[Passage]:
+        with self.lock:
+            original = self.conn.execute("SELECT COALESCE(duplicate_of, id) FROM documents WHERE id = ?",
+                                         (int(doc_id),)).fetchone()
+            if original is None:
+                raise RagError(f"no document with id {doc_id}")
+            rows = self.conn.execute('SELECT id, document_id, ord, text, start, "end" FROM passages '
+                                     "WHERE document_id = ? ORDER BY ord", (original[0],)).fetchall()
+        return [_passage(r) for r in rows]
+
+    def passage(self, id: int) -> Passage:
+        found = self.passages([id])
+        if int(id) not in found:
+            raise RagError(f"no passage with id {id}")
+        return found[int(id)]
+
+    def passages(self, ids) -> dict[int, Passage]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        with self.lock:
+            rows = self.conn.execute(
+                'SELECT id, document_id, ord, text, start, "end" FROM passages '
+                "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)).fetchall()
+        return {r["id"]: _passage(r) for r in rows}
+
+    def source_state(self, source: str) -> tuple[str, str] | None:
+        """(source_hash, collection) of a stored source, or None when it is new."""
+        with self.lock:
+            row = self.conn.execute("SELECT source_hash, collection FROM documents WHERE source = ? LIMIT 1",
+                                    (source,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def sources(self) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.conn.execute("SELECT DISTINCT source FROM documents ORDER BY source")]
+
+    def has_content(self, content_hash: str, collection: str, exclude_source: str | None = None) -> bool:
+        """Is this content already stored in the collection (by another source)?"""
+        with self.lock:
+            return self.conn.execute(
+                "SELECT 1 FROM documents WHERE content_hash = ? AND collection = ? AND duplicate_of IS NULL "
+                "AND source IS NOT ?", (content_hash, collection, exclude_source)).fetchone() is not None
+
+    def passage_count(self) -> int:
+        with self.lock:
+            return self.conn.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
+
+    def max_passage_id(self) -> int:
+        with self.lock:
+            return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM passages").fetchone()[0]
+
+    # --- embeddings ---------------------------------------------------------------------------
+
+    def embeddings(self, ids=None, after: int = 0, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n,) int64, vectors (n, dim) float32): the given passage ids, or all with id > after."""
+        with self.lock:
+            if ids is not None:
+                rows = self.conn.execute(
+                    "SELECT passage_id, vector FROM embeddings WHERE passage_id IN (SELECT value FROM json_each(?)) "
+                    "ORDER BY passage_id", (json.dumps([int(i) for i in ids]),)).fetchall()
+            else:
+                rows = self.conn.execute("SELECT passage_id, vector FROM embeddings WHERE passage_id > ? "
+                                         "ORDER BY passage_id", (int(after),)).fetchall()
+        dim = dim or int(self.meta("dim", "0") or 0)
+        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return out_ids, np.zeros((0, dim), dtype=np.float32)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return out_ids, vectors
+
+    def iter_embeddings(self, batch: int = 20000, dim: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored embedding in id order, a batch at a time (rebuilding an index)."""
+        after = 0
+        while True:
+            with self.lock:
+                rows = self.conn.execute("SELECT passage_id, vector FROM embeddings WHERE passage_id > ? "
+                                         "ORDER BY passage_id LIMIT ?", (after, batch)).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            after = int(ids[-1])
+
+    # --- search helpers -----------------------------------------------------------------------
+
+    def candidate_ids(self, where: dict[str, str] | None) -> np.ndarray:
+        """Passage ids whose document matches the filters."""
+        clause, params = where_sql(where)
+        with self.lock:
+            rows = self.conn.execute(
+                f"SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id WHERE {clause}",
+                params).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def keyword_search(self, query: str, k: int, where: dict[str, str] | None = None) -> list[tuple[int, float]]:
+        """BM25 over title + passage text (FTS5 bm25(), sign flipped so higher is better)."""
+        match = keyword_query(query)
+        if not match:
+            return []
+        clause, params = where_sql(where)
+        if where:
+            sql = ("SELECT f.rowid, -bm25(passages_fts) AS score FROM passages_fts f "
+                   "JOIN passages p ON p.id = f.rowid JOIN documents d ON d.id = p.document_id "
+                   f"WHERE passages_fts MATCH ? AND {clause} ORDER BY score DESC LIMIT ?")
+        else:
+            sql = ("SELECT rowid, -bm25(passages_fts) AS score FROM passages_fts "
+                   "WHERE passages_fts MATCH ? ORDER BY score DESC LIMIT ?")
+            params = []
+        with self.lock:
+            try:
+                rows = self.conn.execute(sql, [match, *params, int(k)]).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise RagError(f"keyword search failed for {query!r}: {exc}") from exc
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def check_encoder(self, name: str, dim: int, path: str | None = None) -> None:
+        """Record the encoder on first use; refuse a different one on a store that has vectors."""
+        stored, stored_dim = self.meta("encoder"), self.meta("dim")
+        if stored is None or (self.passage_count() == 0 and stored != name):
+            self.set_meta("encoder", name)
+            self.set_meta("dim", str(dim))
+            if path:
+                self.set_meta("encoder_path", path)
+            return
+        if stored != name or int(stored_dim or 0) != int(dim):
+            raise RagError(
+                f"this store was built with encoder {stored} ({stored_dim} dims), not {name} ({dim} dims); "
+                f"use the same --model, or another --data directory for the new encoder")
+
+    def write_source(self, source: str, source_hash: str, docs: list[NewDocument]) -> WriteResult:
+        """Replace everything stored for ``source`` by ``docs`` in one transaction."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                old = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE source = ?", (source,))]
+                removed: list[int] = []
+                for doc_id in old:
+                    removed += self._remove(doc_id)
+                added, vectors, duplicates = [], [], 0
+                for doc in docs:
+                    ids, dup = self._insert(source, source_hash, doc)
+                    added += ids
+                    duplicates += dup
+                    if ids:
+                        vectors.append(doc.vectors)
+                self._bump()
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        dim = docs[0].vectors.shape[1] if docs else 0
+        return WriteResult(
+            added_ids=np.asarray(added, dtype=np.int64),
+            vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
+            removed_ids=np.asarray(removed, dtype=np.int64), replaced=bool(old), duplicates=duplicates)
+
+    def _insert(self, source: str, source_hash: str, doc: NewDocument) -> tuple[list[int], int]:
+        original = self.conn.execute(
+            "SELECT id FROM documents WHERE content_hash = ? AND collection = ? AND duplicate_of IS NULL "
+            "AND path != ? LIMIT 1", (doc.content_hash, doc.collection, doc.path)).fetchone()
+        cur = self.conn.execute(
+            "INSERT INTO documents (path, source, source_hash, title, collection, content_hash, size, mtime, "
+            "metadata, ingested_at, text, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (doc.path, source, source_hash, doc.title, doc.collection, doc.content_hash, doc.size, doc.mtime,
+             json.dumps(doc.metadata, default=str), _now(), None if original else doc.text,
+             original[0] if original else None))
+        if original:
+            return [], 1
+        doc_id = cur.lastrowid
+        ids = []
+        for order, ((start, end), vector) in enumerate(zip(doc.spans, doc.vectors)):
+            text = doc.text[start:end]
+            pid = self.conn.execute('INSERT INTO passages (document_id, ord, text, start, "end") VALUES (?, ?, ?, ?, ?)',
+                                    (doc_id, order, text, start, end)).lastrowid
+            self.conn.execute("INSERT INTO embeddings (passage_id, vector) VALUES (?, ?)",
+                              (pid, np.asarray(vector, dtype=np.float32).tobytes()))
+            self.conn.execute("INSERT INTO passages_fts (rowid, title, body) VALUES (?, ?, ?)", (pid, doc.title, text))
+            ids.append(pid)
+        return ids, 0
+
+    def _remove(self, doc_id: int) -> list[int]:
+        """Delete one document inside the open transaction; its duplicates inherit its passages."""
+        row = self.conn.execute("SELECT text, duplicate_of FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        if row is None:
+            return []
+        heirs = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE duplicate_of = ? ORDER BY id",
+                                                 (doc_id,))]
+        removed: list[int] = []
+        if row["duplicate_of"] is None and heirs:
+            heir = heirs[0]
+            title = self.conn.execute("SELECT title FROM documents WHERE id = ?", (heir,)).fetchone()[0]
+            self.conn.execute("UPDATE documents SET duplicate_of = NULL, text = ? WHERE id = ?", (row["text"], heir))
+            self.conn.execute("UPDATE documents SET duplicate_of = ? WHERE duplicate_of = ?", (heir, doc_id))
+            self.conn.execute("UPDATE passages SET document_id = ? WHERE document_id = ?", (heir, doc_id))
+            self.conn.execute("UPDATE passages_fts SET title = ? WHERE rowid IN "
+                              "(SELECT id FROM passages WHERE document_id = ?)", (title, heir))
+        elif row["duplicate_of"] is None:
+            removed = [r[0] for r in self.conn.execute("SELECT id FROM passages WHERE document_id = ?", (doc_id,))]
+            for chunk in range(0, len(removed), 500):
+                ids = json.dumps(removed[chunk:chunk + 500])
+                self.conn.execute("DELETE FROM passages_fts WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
+                self.conn.execute("DELETE FROM embeddings WHERE passage_id IN (SELECT value FROM json_each(?))", (ids,))
+            self.conn.execute("DELETE FROM passages WHERE document_id = ?", (doc_id,))
+        self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+        return removed
+
+    def remove_document(self, key: str | int) -> list[int]:
+        """Remove a document by id or path (every record of a multi-record file when given the file);
+        returns the passage ids that left the store."""
+        with self.lock:
+            doc_ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE source = ? OR path = ?",
+                                                        (str(key), str(key)))]
+            if not doc_ids and str(key).isdigit():
+                doc_ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE id = ?", (int(key),))]
+            if not doc_ids:
+                raise RagError(f"no document with path or id {key!r}")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = []
+                for doc_id in doc_ids:
+                    removed += self._remove(doc_id)
+                self._bump()
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return removed
+
+    def remove_source(self, source: str) -> list[int]:
+        return self.remove_document(source)
+
+    # --- reporting ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of every table that must agree (a consistency check after a crash)."""
+        with self.lock:
+            one = lambda sql: self.conn.execute(sql).fetchone()[0]  # noqa: E731
+            return {
+                "documents": one("SELECT COUNT(*) FROM documents"),
+                "passages": one("SELECT COUNT(*) FROM passages"),
+                "embeddings": one("SELECT COUNT(*) FROM embeddings"),
+                "fts": one("SELECT COUNT(*) FROM passages_fts"),
+                "passages_without_embedding": one(
+                    "SELECT COUNT(*) FROM passages p LEFT JOIN embeddings e ON e.passage_id = p.id "
+                    "WHERE e.passage_id IS NULL"),
+                "passages_without_fts": one(
+                    "SELECT COUNT(*) FROM passages p WHERE p.id NOT IN (SELECT rowid FROM passages_fts)"),
+                "documents_without_passages": one(
+                    "SELECT COUNT(*) FROM documents d WHERE d.duplicate_of IS NULL AND NOT EXISTS "
+                    "(SELECT 1 FROM passages p WHERE p.document_id = d.id)"),
+            }
+
+    def stats(self) -> dict:
+        """documents, passages, collections, backend, encoder, sizes (bytes)."""
+        with self.lock:
+            collections = {r[0]: {"documents": r[1], "passages": 0} for r in self.conn.execute(
+                "SELECT collection, COUNT(*) FROM documents GROUP BY collection ORDER BY collection")}
+            for name, n in self.conn.execute("SELECT d.collection, COUNT(*) FROM passages p "
+                                             "JOIN documents d ON d.id = p.document_id GROUP BY d.collection"):
+                collections[name]["passages"] = n
+            documents = self.conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+            duplicates = self.conn.execute("SELECT COUNT(*) FROM documents WHERE duplicate_of IS NOT NULL").fetchone()[0]
+        index_dir = self.path.parent / "index"
+        db_bytes = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        index_bytes = sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file()) if index_dir.exists() else 0
+        return {
+            "documents": documents,
+            "duplicates": duplicates,
+            "passages": self.passage_count(),
+            "collections": collections,
+            "backend": self.meta("backend"),
+            "encoder": self.meta("encoder"),
+            "dim": int(self.meta("dim") or 0) or None,
+            "sizes": {"database": db_bytes, "index": index_bytes},
+            "data_dir": str(self.path.parent),
+        }
