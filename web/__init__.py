@@ -46,6 +46,10 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
 
+    @app.context_processor
+    def page_globals():
+        return {"csrf_token": app.config["CSRF_TOKEN"]}
+
     @app.after_request
     def security_headers(response):
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
