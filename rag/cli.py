@@ -17,6 +17,248 @@ def main() -> None:
     """Search and question answering over your own documents."""
 
 
+# --- documents: ingest, search, stats, docs, rm, reindex ------------------------------------------
+
+model_option = click.option("--model", default=None, help="sentence-transformers model directory (default all-MiniLM-L6-v2).")
+
+
+def _library(data, model=None, backend=None):
+    from rag.errors import RagError
+    from rag.library import open_library
+
+    try:
+        return open_library(data, model=model, backend=backend)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--collection", default="default", show_default=True, help="Collection to file the documents under.")
+@click.option("--index", "backend", default=None, help="Vector index backend (default hnsw, or the store's current one).")
+@click.option("--chunk-tokens", type=click.IntRange(16, 4096), default=None,
+              help="Passage size in encoder tokens (default: the encoder's window, 256 with special tokens and title).")
+@click.option("--overlap", type=click.IntRange(0, 1024), default=None, help="Tokens shared by consecutive passages (default 32).")
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable), e.g. '*.md'.")
+@click.option("--exclude", multiple=True, help="Skip files or folders matching this glob (repeatable).")
+@click.option("--no-default-excludes", is_flag=True,
+              help="Also walk hidden folders, _static, _sources, node_modules, Sphinx index pages.")
+@click.option("--prune", is_flag=True, help="Drop stored documents whose files under PATHS are gone.")
+@click.option("--text-field", default="text", show_default=True, help="JSON/JSONL: field holding the text.")
+@click.option("--id-field", default=None, help="JSON/JSONL/CSV: field holding a record id (default: its position).")
+@click.option("--title-field", default="title", show_default=True, help="JSON/JSONL/CSV: field holding the title.")
+@click.option("--text-columns", default=None, help="CSV: comma-separated columns to index (default: all).")
+@click.option("--max-size", default=50.0, show_default=True, type=click.FloatRange(0.001), help="Largest file to read, MB.")
+@click.option("--stdin-name", default="stdin", show_default=True,
+              help="Path recorded for '-' (stdin); its extension picks the format, e.g. notes.md.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@model_option
+@data_option
+def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, no_default_excludes, prune,
+           text_field, id_field, title_field, text_columns, max_size, stdin_name, no_progress, as_json, model, data):
+    """Add files and folders (recursively; '-' reads stdin) to the store and index.
+
+    Formats: .txt .md .html .pdf .json .jsonl .csv. Unchanged files are skipped, changed ones
+    replaced. Bad files are reported with the reason; the exit status is 1 if any failed.
+    """
+    import json
+
+    from rag.errors import RagError
+    from rag.ingest import ingest_paths
+    from rag.loaders import LoadOptions
+
+    library = _library(data, model, backend)
+    options = LoadOptions(text_field=text_field, id_field=id_field, title_field=title_field,
+                          text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else [])
+    try:
+        report = ingest_paths(library, list(paths), collection=collection, include=include, exclude=exclude,
+                              chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, progress=not no_progress,
+                              options=options, max_bytes=int(max_size * 1024 * 1024), stdin_name=stdin_name,
+                              default_excludes=not no_default_excludes)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        library.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for path, reason in report.failures:
+            click.echo(f"failed: {path}: {reason}", err=True)
+        encoder_rate = report.passages / report.encode_seconds if report.encode_seconds else 0.0
+        click.echo(f"{report.added} added, {report.updated} updated, {report.skipped} skipped, {report.failed} failed"
+                   + (f", {report.removed} pruned" if prune else "")
+                   + (f", {report.duplicates} duplicates stored once" if report.duplicates else ""))
+        click.echo(f"{report.passages} passages in {report.seconds:.1f} s: {report.passages_per_second:.1f} passages/s "
+                   f"(encoder {encoder_rate:.1f} passages/s)")
+    if report.failed:
+        raise SystemExit(1)
+
+
+def _parse_where(values) -> dict[str, str]:
+    where = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{value!r}: expected FIELD=VALUE, e.g. collection=notes or path='*.md'",
+                                     param_hint="--where")
+        where[key.strip()] = val
+    return where
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Number of passages.")
+@click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["dense", "keyword", "hybrid"]),
+              help="dense: embeddings; keyword: BM25; hybrid: reciprocal rank fusion of both (k=60).")
+@click.option("--where", multiple=True, metavar="FIELD=VALUE",
+              help="Filter before ranking: collection=NAME, path=GLOB, title=GLOB, id=N, or a metadata field (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print {query, mode, results: [...]} as JSON.")
+@model_option
+@data_option
+def search(query, k, mode, where, as_json, model, data):
+    """Find the passages that best match QUERY."""
+    import json
+    import sys
+
+    from rag.errors import RagError
+    from rag.search import results_json
+    from rag.search import search as run_search
+    from rag.snippets import snippet
+
+    filters = _parse_where(where)
+    library = _library(data, model)
+    try:
+        hits = run_search(library, query, k=k, mode=mode, where=filters)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        library.close()
+    if as_json:
+        click.echo(json.dumps(results_json(query, mode, hits), indent=2, ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("no results")
+        return
+    color = sys.stdout.isatty()
+    mark = (lambda w: click.style(w, bold=True, fg="yellow")) if color else (lambda w: f"**{w}**")
+    for hit in hits:
+        title = hit.document.title or hit.document.path
+        click.echo(click.style(f"{hit.rank:>2}. [{hit.score:.3f}] {title}", bold=True) if color
+                   else f"{hit.rank:>2}. [{hit.score:.3f}] {title}")
+        click.echo(f"    {hit.document.path}  (passage {hit.passage.id}, chars {hit.passage.start}-{hit.passage.end})")
+        click.echo(f"    {snippet(hit.passage.text, query, mark=mark)}")
+        click.echo()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@data_option
+def stats(as_json, data):
+    """Documents, passages, collections, index backend, encoder and sizes."""
+    import json
+
+    library = _library(data)
+    try:
+        info = library.stats()
+    finally:
+        library.close()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"data:        {info['data_dir']}")
+    click.echo(f"documents:   {info['documents']}" + (f" ({info['duplicates']} duplicates)" if info["duplicates"] else ""))
+    click.echo(f"passages:    {info['passages']}")
+    click.echo(f"encoder:     {info['encoder'] or '-'}" + (f" ({info['dim']} dims)" if info["dim"] else ""))
+    click.echo(f"index:       {info['backend']}")
+    click.echo(f"sizes:       database {_megabytes(info['sizes']['database'])}, index {_megabytes(info['sizes']['index'])}")
+    for name, c in info["collections"].items():
+        click.echo(f"collection:  {name}: {c['documents']} documents, {c['passages']} passages")
+
+
+@main.command()
+@click.option("--collection", default=None, help="Only this collection.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@data_option
+def docs(collection, as_json, data):
+    """List stored documents: id, collection, passages, title, path."""
+    import json
+
+    library = _library(data)
+    try:
+        documents = library.store.documents(collection)
+        counts = library.store.passage_counts()
+    finally:
+        library.close()
+    if as_json:
+        click.echo(json.dumps([{**d.to_json(), "collection": d.collection, "passages": counts.get(d.id, 0),
+                                "size": d.size, "ingested_at": d.ingested_at, "metadata": d.metadata}
+                               for d in documents], indent=2, ensure_ascii=False))
+        return
+    if not documents:
+        click.echo("no documents")
+        return
+    click.echo(f"{'id':>6}  {'collection':<14} {'passages':>8}  title / path")
+    for d in documents:
+        click.echo(f"{d.id:>6}  {d.collection[:14]:<14} {counts.get(d.id, 0):>8}  {d.title[:60]}  {d.path}")
+
+
+@main.command()
+@click.argument("keys", nargs=-1, required=True)
+@data_option
+def rm(keys, data):
+    """Remove documents by id or path (a file's path removes all its records)."""
+    import os
+    from pathlib import Path
+
+    from rag.errors import RagError
+
+    library = _library(data)
+    failed = False
+    try:
+        for key in keys:
+            candidates = [key] if key.isdigit() else [key, os.path.abspath(Path(key).expanduser())]
+            for candidate in candidates:
+                try:
+                    removed = library.remove_document(candidate)
+                except RagError as exc:
+                    error = exc
+                    continue
+                click.echo(f"removed {key} ({len(removed)} passages)")
+                break
+            else:
+                click.echo(f"error: {error}", err=True)
+                failed = True
+    finally:
+        library.close()
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--index", "backend", default=None, help="Backend to rebuild with (default: the current one).")
+@data_option
+def reindex(backend, data):
+    """Rebuild the vector index from the stored embeddings (no re-encoding); --index switches backend."""
+    import time
+
+    from rag.errors import RagError
+
+    library = _library(data)
+    try:
+        started = time.perf_counter()
+        index = library.rebuild_index(backend)
+        click.echo(f"{library.backend} index rebuilt: {len(index)} vectors in {time.perf_counter() - started:.1f} s")
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        library.close()
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; beyond loopback only when RAG_API_TOKEN is set.")

@@ -109,9 +109,9 @@ def find_files(paths: list[str], include=None, exclude=None, default_excludes: b
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_file():
-            files.append(path.resolve())
+            files.append(Path(os.path.abspath(path)))
         elif path.is_dir():
-            root = path.resolve()
+            root = Path(os.path.abspath(path))
             for dirpath, dirnames, filenames in os.walk(root):
                 rel_dir = Path(dirpath).relative_to(root)
                 dirnames[:] = sorted(d for d in dirnames if not _matches(rel_dir / d / "x", exclude))
@@ -255,9 +255,10 @@ class _Ingester:
 
 def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, chunk_tokens, overlap,
          progress: bool, report: IngestReport) -> IngestReport:
-    started = time.perf_counter()
     if not collection or not str(collection).strip():
         raise RagError("the collection name must not be empty")
+    library.encoder  # loading the model is not part of the ingest rate
+    started = time.perf_counter()
     library.index  # load (or catch up) the index first, so each write can follow it
     ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress)
     try:
@@ -354,7 +355,7 @@ def _parse(path: str, data: bytes, source: Source, options: LoadOptions, fmt: st
 
 def prune_missing(library, roots: list[str]) -> int:
     """Remove stored files under ``roots`` that no longer exist; returns how many sources went."""
-    prefixes = [str(Path(r).expanduser().resolve()) for r in roots]
+    prefixes = [os.path.abspath(Path(r).expanduser()) for r in roots]
     gone = 0
     for source in library.store.sources():
         if not source.startswith("/") or Path(source).exists():

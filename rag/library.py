@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.config import data_dir as resolve_data_dir
+from rag.encoders import DEFAULT_ENCODER
 from rag.errors import RagError
 from rag.store import DB_NAME, Store, WriteResult
 
@@ -41,7 +42,8 @@ class Library:
         self.data_dir = resolve_data_dir(data)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.data_dir / DB_NAME)
-        self._model = model or self.store.meta("encoder_path")
+        stored_path = self.store.meta("encoder_path") if self.store.meta("encoder") != DEFAULT_ENCODER else None
+        self._model = model or stored_path  # a store built with another model reopens with it
         self._encoder = encoder
         self._index = None
         self.lock = threading.RLock()

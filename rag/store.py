@@ -200,6 +200,15 @@ class Store:
         with self.lock:
             return [_document(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
+    def passage_counts(self) -> dict[int, int]:
+        """Passages per document id (a duplicate counts its original's)."""
+        with self.lock:
+            counts = dict(self.conn.execute("SELECT document_id, COUNT(*) FROM passages GROUP BY document_id"))
+            for doc_id, original in self.conn.execute(
+                    "SELECT id, duplicate_of FROM documents WHERE duplicate_of IS NOT NULL"):
+                counts[doc_id] = counts.get(original, 0)
+        return counts
+
     def document(self, id: int) -> Document:
         with self.lock:
             row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?", (int(id),)).fetchone()
