@@ -131,7 +131,7 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     qrels = {q: docs for q, docs in qrels.items() if q not in unjudged}
     if not qrels:
         raise DatasetError(f"{qrels_path}: no query with a relevant document in the corpus: nothing to evaluate")
-    queries = {q: all_queries[q] for q in sorted(qrels)}
+    queries = {q: all_queries[q] for q in qrels}  # in the qrels file's order, so --limit takes its first N
     return BeirDataset(path, split, corpus, queries, qrels, warnings)
 
 

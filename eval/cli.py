@@ -39,3 +39,42 @@ def load(url, clients, seconds, mode, k, data, as_json) -> None:
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
+
+
+def _names(value: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given)."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@eval_group.command("retrieval")
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.option("--backends", default=None, help="Comma-separated vector backends (default: every one).")
+@click.option("--modes", default=None, help="Comma-separated modes: dense,keyword,hybrid (default: all).")
+@click.option("--hyde", is_flag=True, help="Also run dense and hybrid with HyDE query vectors (default generator).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate only the first N judged queries.")
+@click.option("--split", default="test", show_default=True, help="The qrels file: qrels/SPLIT.tsv.")
+@click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
+              help="Data directory; the dataset's store is cached under <data>/eval/ (default ./rag-data).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def retrieval(dataset_dir, backends, modes, hyde, limit, split, data, as_json) -> None:
+    """Retrieval quality on a BEIR-format dataset (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
+
+    nDCG@10, Recall@10, Recall@100, MRR@10, MAP@100 (trec_eval rules) and queries/s for each
+    backend x mode; the corpus is ingested once and its store reused by later runs.
+    """
+    import json
+
+    from eval.retrieval import evaluate_retrieval, format_table
+    from rag.errors import RagError
+
+    try:
+        report = evaluate_retrieval(dataset_dir, data=data, backends=_names(backends), modes=_names(modes),
+                                    hyde=hyde, limit=limit, split=split)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(format_table(report))

@@ -1,0 +1,359 @@
+"""Retrieval quality on a BEIR-format dataset: ingest once (cached), then score each backend x mode.
+
+The corpus goes through the normal ingestion path into its own store, <data>/eval/<name>-<hash>/,
+named by a hash of corpus.jsonl and the encoder, so a second run reuses it. Each vector backend is
+built from the stored embeddings (and cached next to the store). Retrieval is the product's: the
+same index search, the same FTS5 BM25 query (rag.search.keyword_ranking) and the same fusion
+(rag.search.fuse, as rag.search.search does in hybrid mode), run in batches for speed.
+
+A document split into several passages is scored by its best passage (max-pooling), so PASSAGE_DEPTH
+passages are retrieved per query to leave at least the 100 distinct documents Recall@100 needs.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eval.beir import BeirDataset, corpus_fingerprint, load_beir
+from eval.metrics import METRICS, RECALL_CUTOFFS, per_query
+from rag.errors import RagError
+from rag.records import SourceDocument
+
+PASSAGE_DEPTH = 1000
+COLLECTION = "beir"
+MARKER = "eval.json"  # written once the corpus is fully ingested
+
+
+@dataclass
+class EvalStore:
+    """The dataset's own store, and where each of its passages came from."""
+
+    library: object
+    directory: Path
+    reused: bool
+    seconds: float  # spent ingesting (or opening the cached store)
+    passage_docs: dict[int, list[str]]  # passage id -> BEIR ids of its document and of exact duplicates
+    multi_passage_documents: int
+
+
+@dataclass
+class ResultRow:
+    backend: str | None  # None for keyword: it uses no vector index
+    mode: str
+    hyde: bool
+    metrics: dict[str, float]
+    qps: float
+    recall_curve: dict[int, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "mode": self.mode, "hyde": self.hyde,
+                **{name: round(self.metrics[name], 4) for name in METRICS}, "qps": round(self.qps, 2)}
+
+
+@dataclass
+class RetrievalReport:
+    dataset: BeirDataset
+    queries: int  # evaluated (after --limit)
+    rows: list[ResultRow]
+    notes: list[str]
+    store: EvalStore
+    plots: list[Path] = field(default_factory=list)
+    hyde_seconds_per_query: float | None = None
+
+    def to_json(self) -> dict:
+        """The shape other tools read: exactly {"dataset": {...}, "results": [...]}."""
+        return {"dataset": {"path": str(self.dataset.path), "documents": len(self.dataset.corpus),
+                            "queries": self.queries},
+                "results": [row.to_json() for row in self.rows]}
+
+
+# --- the cached store -------------------------------------------------------------------------------
+
+
+def _source_documents(dataset: BeirDataset):
+    """BEIR records as ingestion input: the title is prefixed to every passage by ingestion itself,
+    so the first passage reads title + text exactly as BEIR and MTEB encode a document."""
+    for doc in dataset.corpus.values():
+        yield SourceDocument(uri=f"beir:{doc.id}", title=doc.title, text=doc.text or doc.title,
+                             metadata={"beir_id": doc.id})
+
+
+def _passage_documents(library) -> tuple[dict[int, list[str]], int]:
+    """passage id -> BEIR ids (its document and any exact duplicates stored as aliases of it),
+    and how many documents have more than one passage."""
+    store = library.store
+    ids = [int(i) for batch, _ in store.iter_embeddings() for i in batch]
+    passages = store.passages(ids)
+    counts: dict[int, int] = {}
+    for p in passages.values():
+        counts[p.document_id] = counts.get(p.document_id, 0) + 1
+    owners: dict[int, list[str]] = {}
+    for doc in store.documents(COLLECTION):
+        owner = doc.id if doc.id in counts else (store.duplicate_of(doc.id) or doc.id)
+        owners.setdefault(owner, []).append(str(doc.metadata.get("beir_id", doc.path)))
+    mapping = {pid: owners.get(p.document_id, []) for pid, p in passages.items()}
+    return mapping, sum(1 for n in counts.values() if n > 1)
+
+
+def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: bool = True,
+                    model: str | None = None) -> EvalStore:
+    """The dataset's store under <data>/eval/, ingested on first use and reused after that."""
+    from rag.config import data_dir
+    from rag.encoders import load_encoder
+    from rag.ingest import ingest_documents
+    from rag.library import open_library
+
+    started = time.perf_counter()
+    encoder = load_encoder(model)
+    key = corpus_fingerprint(dataset.path, extra=f"{encoder.name}:{getattr(encoder, 'path', '')}")
+    directory = data_dir(data) / "eval" / f"{dataset.name}-{key}"
+    marker = directory / MARKER
+    state = _read_json(marker)
+    library = open_library(directory, model=model, backend="flat", encoder=encoder)
+    reused = bool(state) and state.get("documents") == len(dataset.corpus) \
+        and library.store.stats()["documents"] == len(dataset.corpus)
+    if not reused:
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(directory / "indexes", ignore_errors=True)
+        if progress:
+            print(f"Ingesting {len(dataset.corpus):,} documents into {directory} (once; later runs reuse it)",
+                  file=sys.stderr)
+        report = ingest_documents(library, _source_documents(dataset), collection=COLLECTION, progress=progress)
+        if report.failed:
+            reasons = "; ".join(f"{path}: {why}" for path, why in report.failures[:5])
+            raise RagError(f"{report.failed} document(s) of {dataset.path / 'corpus.jsonl'} could not be ingested: {reasons}")
+        _write_json(marker, {"documents": len(dataset.corpus), "passages": library.store.passage_count(),
+                             "ingest_seconds": round(report.seconds, 1), "encoder": encoder.name})
+    mapping, multi = _passage_documents(library)
+    return EvalStore(library, directory, reused, time.perf_counter() - started, mapping, multi)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    tmp.replace(path)
+
+
+def backend_index(store: EvalStore, backend: str):
+    """The backend's index over every stored embedding: loaded from its cache or built (and cached)."""
+    from indexes import create_index, load_index
+
+    library = store.library
+    directory = store.directory / "indexes" / backend
+    state = {"backend": backend, "passages": library.store.passage_count(),
+             "max_passage_id": library.store.max_passage_id(), "generation": library.store.generation()}
+    if _read_json(directory / "eval-state.json") == state:
+        try:
+            index = load_index(directory)
+            if index.name == backend and len(index) == state["passages"]:
+                return index
+        except ValueError:
+            pass
+    try:
+        index = create_index(backend, library.dim)
+    except ValueError as exc:
+        raise RagError(f"cannot create a {backend} index: {exc}") from exc
+    for ids, vectors in library.store.iter_embeddings(dim=library.dim):
+        index.add(ids, vectors)
+    shutil.rmtree(directory, ignore_errors=True)
+    index.save(str(directory))
+    _write_json(directory / "eval-state.json", state)
+    return index
+
+
+# --- scoring ----------------------------------------------------------------------------------------
+
+
+def pool_documents(ranked: list[tuple[int, float]], passage_docs: dict[int, list[str]]) -> dict[str, float]:
+    """Max-pooling: each document scores as its best passage; ranked is (passage id, score) best first."""
+    scores: dict[str, float] = {}
+    for pid, score in ranked:
+        for doc in passage_docs.get(pid, ()):
+            if doc not in scores:
+                scores[doc] = float(score)
+            elif score > scores[doc]:
+                scores[doc] = float(score)
+    return scores
+
+
+def dense_rankings(index, vectors: np.ndarray, depth: int = PASSAGE_DEPTH) -> list[list[tuple[int, float]]]:
+    """(passage id, similarity) best first for each query vector (nq, dim): the index search the product runs."""
+    if len(vectors) == 0 or len(index) == 0:
+        return [[] for _ in range(len(vectors))]
+    ids, scores = index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(depth, len(index)))
+    return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+            for row_ids, row_scores in zip(ids, scores)]
+
+
+def _bar(items, desc: str, progress: bool):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="query", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _score(dataset: BeirDataset, query_ids: list[str], rankings: list[list[tuple[int, float]]],
+           passage_docs: dict[int, list[str]]) -> tuple[dict[str, float], dict[int, float]]:
+    run = {q: pool_documents(r, passage_docs) for q, r in zip(query_ids, rankings)}
+    qrels = {q: dataset.qrels[q] for q in query_ids}
+    rows = per_query(qrels, run, RECALL_CUTOFFS)
+    means = {name: sum(r[name] for r in rows.values()) / len(rows) for name in next(iter(rows.values()))}
+    return {name: means[name] for name in METRICS}, {k: means[f"recall@{k}"] for k in RECALL_CUTOFFS}
+
+
+def hyde_vectors(store: EvalStore, dataset: BeirDataset, query_ids: list[str], data, progress: bool,
+                 generator_name: str = "local") -> tuple[np.ndarray, float, str]:
+    """HyDE query vectors (nq, dim), the generation seconds per query, and the generator's name.
+
+    Cached per query in the eval store (hyde-<generator>.json) with the seconds each one took, so a
+    re-run costs nothing and still reports what HyDE costs.
+    """
+    from rag.generators import load_generator
+    from rag.hyde import hyde_vector
+
+    generator = None
+    cache_path = store.directory / f"hyde-{generator_name}.json"
+    cache = _read_json(cache_path) or {}
+    vectors, seconds = [], []
+    for q in _bar(query_ids, "HyDE", progress):
+        entry = cache.get(q)
+        if entry is None or entry.get("question") != dataset.queries[q]:
+            if generator is None:
+                generator = load_generator(generator_name, data_dir=data)
+            started = time.perf_counter()
+            vector, passages = hyde_vector(dataset.queries[q], store.library.encoder, generator)
+            entry = {"question": dataset.queries[q], "vector": vector.tolist(), "passages": passages,
+                     "seconds": time.perf_counter() - started}
+            cache[q] = entry
+            _write_json(cache_path, cache)
+        vectors.append(entry["vector"])
+        seconds.append(entry["seconds"])
+    name = getattr(generator, "name", None) or generator_name
+    return np.asarray(vectors, dtype=np.float32), float(np.mean(seconds)), name
+
+
+def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] | None = None,
+                       modes: list[str] | None = None, hyde: bool = False, limit: int | None = None,
+                       split: str = "test", progress: bool = True, plots: bool = True) -> RetrievalReport:
+    """Every requested backend x mode (x HyDE off/on): nDCG@10, Recall@10/100, MRR@10, MAP@100, queries/s."""
+    from indexes import available_backends
+    from rag.search import MODES, fuse, keyword_ranking
+
+    modes = list(modes or MODES)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise RagError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    backends = list(backends or available_backends())
+    unknown = [b for b in backends if b not in available_backends()]
+    if unknown:
+        raise RagError(f"unknown backend(s) {', '.join(unknown)}; available: {', '.join(available_backends())}")
+
+    dataset = load_beir(dataset_dir, split)
+    notes = list(dataset.warnings)
+    query_ids = list(dataset.queries)[: limit or None]
+    texts = [dataset.queries[q] for q in query_ids]
+    store = open_eval_store(dataset, data, progress)
+    library = store.library
+    notes.append(f"store: {store.directory} ({'reused' if store.reused else 'ingested'} in {store.seconds:.1f} s; "
+                 f"{len(store.passage_docs):,} passages for {len(dataset.corpus):,} documents)")
+    notes.append(f"documents split into several passages ({store.multi_passage_documents:,} here) are scored by "
+                 f"their best passage (max-pooling); {PASSAGE_DEPTH} passages are retrieved per query")
+
+    rows: list[ResultRow] = []
+    keyword: list[list[tuple[int, float]]] = []
+    keyword_seconds = 0.0
+    if "keyword" in modes or "hybrid" in modes:
+        started = time.perf_counter()
+        keyword = [keyword_ranking(library, text, PASSAGE_DEPTH) for text in _bar(texts, "keyword", progress)]
+        keyword_seconds = time.perf_counter() - started
+    if "keyword" in modes:
+        metrics, curve = _score(dataset, query_ids, keyword, store.passage_docs)
+        rows.append(ResultRow(None, "keyword", False, metrics, len(texts) / max(keyword_seconds, 1e-9), curve))
+
+    vector_modes = [m for m in modes if m != "keyword"]
+    variants: list[tuple[bool, np.ndarray, float]] = []
+    hyde_cost = None
+    if vector_modes:
+        library.encoder.encode(["warm-up"])  # the first call pays one-off setup; keep it out of queries/s
+        started = time.perf_counter()
+        variants.append((False, library.encoder.encode(texts), time.perf_counter() - started))
+        if hyde:
+            vectors, hyde_cost, generator = hyde_vectors(store, dataset, query_ids, data, progress)
+            variants.append((True, vectors, hyde_cost * len(texts)))
+            notes.append(f"HyDE: generator {generator}, {hyde_cost:.2f} s per query to write the hypothetical "
+                         f"passages and encode them (included in the HyDE rows' queries/s)")
+
+    for backend in backends if vector_modes else []:
+        index = backend_index(store, backend)
+        for with_hyde, vectors, encode_seconds in variants:
+            started = time.perf_counter()
+            dense = dense_rankings(index, vectors)
+            dense_seconds = time.perf_counter() - started + encode_seconds
+            if "dense" in vector_modes:
+                metrics, curve = _score(dataset, query_ids, dense, store.passage_docs)
+                rows.append(ResultRow(backend, "dense", with_hyde, metrics, len(texts) / max(dense_seconds, 1e-9), curve))
+            if "hybrid" in vector_modes:
+                started = time.perf_counter()
+                fused = [fuse([[i for i, _ in d], [i for i, _ in k]]) for d, k in zip(dense, keyword)]
+                seconds = dense_seconds + keyword_seconds + time.perf_counter() - started
+                metrics, curve = _score(dataset, query_ids, fused, store.passage_docs)
+                rows.append(ResultRow(backend, "hybrid", with_hyde, metrics, len(texts) / max(seconds, 1e-9), curve))
+    if "hybrid" in vector_modes:
+        from rag.search import RRF_K
+
+        notes.append(f"hybrid: reciprocal rank fusion (rag.search.fuse, k={RRF_K}) of the dense and keyword "
+                     f"rankings, {PASSAGE_DEPTH} passages deep each")
+
+    report = RetrievalReport(dataset, len(query_ids), rows, notes, store, hyde_seconds_per_query=hyde_cost)
+    if plots and rows:
+        from rag.config import data_dir
+
+        report.plots = write_plots(report, data_dir(data))
+    return report
+
+
+def write_plots(report: RetrievalReport, data_dir: Path) -> list[Path]:
+    """nDCG@10 bars and Recall@k curves as PNG files under <data>/eval/plots/."""
+    from eval.plots import plot_ndcg, plot_recall_curves, row_label
+
+    rows = [r.to_json() for r in report.rows]
+    stem = f"{report.dataset.name}-{report.dataset.split}"
+    out = data_dir / "eval" / "plots"
+    curves = {row_label(r.to_json()): r.recall_curve for r in report.rows}
+    return [
+        plot_ndcg(rows, out / f"{stem}-ndcg.png", f"nDCG@10 on {report.dataset.name} ({report.queries} queries)"),
+        plot_recall_curves(rows, curves, out / f"{stem}-recall.png", f"Recall@k on {report.dataset.name}"),
+    ]
+
+
+def format_table(report: RetrievalReport) -> str:
+    """The table for people, with each backend's nDCG@10 change against flat in the same mode."""
+    flat = {(r.mode, r.hyde): r.metrics["ndcg@10"] for r in report.rows if r.backend == "flat"}
+    header = ["backend", "mode", "hyde", "nDCG@10", "R@10", "R@100", "MRR@10", "MAP@100", "q/s", "vs flat"]
+    lines = []
+    for r in report.rows:
+        base = flat.get((r.mode, r.hyde))
+        delta = "" if r.backend in (None, "flat") or base is None else f"{r.metrics['ndcg@10'] - base:+.4f}"
+        lines.append([r.backend or "-", r.mode, "yes" if r.hyde else "no",
+                      *(f"{r.metrics[m]:.4f}" for m in METRICS), f"{r.qps:,.1f}", delta])
+    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    title = (f"{report.dataset.name} ({report.dataset.split}): {len(report.dataset.corpus):,} documents, "
+             f"{report.queries} queries")
+    return "\n".join([title, "", fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), "",
+                      *(f"* {n}" for n in report.notes),
+                      *(f"* plot: {p}" for p in report.plots)])
