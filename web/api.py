@@ -30,6 +30,7 @@ log = logging.getLogger("web")
 
 MAX_K = 100
 MAX_QUERY_CHARS = 2000
+MAX_LIST = 1000
 DEFAULT_SEARCH_K = 10
 DEFAULT_ASK_K = 5
 DEFAULT_MODE = "hybrid"
@@ -294,11 +295,13 @@ def _document(doc_id: int):
 
 @bp.get("/api/documents")
 def list_documents():
-    limit = parse_k(request.args.get("limit"), 100) if request.args.get("limit") != "0" else 100
     try:
-        offset = max(0, int(request.args.get("offset") or 0))
+        limit = int(request.args.get("limit") or 100)
+        offset = int(request.args.get("offset") or 0)
     except ValueError:
-        raise ApiError(400, "'offset' must be a non-negative integer") from None
+        raise ApiError(400, "'limit' and 'offset' must be whole numbers") from None
+    if not 1 <= limit <= MAX_LIST or offset < 0:
+        raise ApiError(400, f"'limit' must be from 1 to {MAX_LIST} and 'offset' at least 0")
     collection = request.args.get("collection") or None
     docs = resources().library.store.documents(collection=collection)
     page = docs[offset:offset + limit]

@@ -76,7 +76,8 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                 "get": {
                     "summary": "List documents", "operationId": "listDocuments",
                     "parameters": [
-                        {"name": "limit", "in": "query", "schema": dict(k_schema, default=100)},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                         {"name": "collection", "in": "query", "schema": {"type": "string"}}],
                     "responses": {"200": _ok("a page of documents", "DocumentList")}},

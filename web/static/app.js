@@ -383,7 +383,7 @@ async function loadDocuments() {
       const remove = el("button", { type: "button", class: "delete", text: "Delete", "data-document": doc.id });
       const item = el("li", { "data-document": doc.id },
         el("a", { href: `/documents/${doc.id}`, text: doc.title || doc.path }),
-        el("span", { class: "meta", text: ` ${doc.path} · ${doc.passages} passages` }), remove);
+        el("span", { class: "meta", text: ` ${doc.path} · ${doc.collection}` }), remove);
       remove.addEventListener("click", () => deleteDocument(doc, item));
       list.append(item);
     }

@@ -1,0 +1,192 @@
+"""The page in a real headless Chromium (Playwright) against the real server on a loopback port.
+
+Set RAG_SCREENS_DIR to also copy the answer-page screenshot there (the test always saves one under
+its tmp_path).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rag.ingest import ingest_paths
+from rag.library import open_library
+from web import create_app
+from web.server import BackgroundServer
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"{CHROMIUM} is absent: install Debian's chromium package to run browser tests")
+
+NOTES = {
+    "lighthouse.txt": "The Skerryvore lighthouse\n\nThe Skerryvore lighthouse stands on a reef off the west "
+                      "coast of Scotland. It was designed by the engineer Alan Stevenson and completed in 1844.\n",
+    "sourdough.txt": "Sourdough starter\n\nA sourdough starter is fed with equal weights of flour and water "
+                     "every day. It is ready when it doubles within six hours.\n",
+    "glacier.txt": "Glacier notes\n\nThe Aletsch glacier is the largest glacier in the Alps, about 23 km long.\n",
+    "markup.txt": "Markup sample\n\nThis note about markup shows tags as text: "
+                  "<script>window.pwned = 1; document.title = 'pwned';</script> and "
+                  "<img src=x onerror=\"window.pwned = 2\"> must appear literally.\n",
+}
+TITLE = "rag"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, encoder) -> Path:
+    root = tmp_path_factory.mktemp("web-browser")
+    docs = root / "docs"
+    docs.mkdir()
+    for name, text in NOTES.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    library = open_library(root / "data", encoder=encoder)
+    try:
+        assert ingest_paths(library, [str(docs)]).added == len(NOTES)
+    finally:
+        library.close()
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def server(data_dir, encoder):
+    app = create_app({"DATA_DIR": str(data_dir), "ENCODER_OBJECT": encoder, "API_TOKEN": None})
+    with BackgroundServer(app, "127.0.0.1", 0) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(server.url + "/")
+    page.wait_for_selector("#documents li", state="attached")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def search_for(page, query: str, mode: str = "hybrid"):
+    page.fill("#q", query)
+    page.select_option("#mode", mode)
+    page.click("#search-button")
+    page.wait_for_selector("#results .hit")
+
+
+def test_status_area_shows_the_library(page):
+    assert page.text_content("#stat-documents") == str(len(NOTES))
+    assert int(page.text_content("#stat-passages")) >= len(NOTES)
+    assert page.text_content("#stat-encoder") == "all-MiniLM-L6-v2"
+    assert page.text_content("#stat-backend")
+    assert "loads on the first Ask" in page.text_content("#stat-generator") or \
+        "loaded" in page.text_content("#stat-generator")
+    assert page.is_hidden("#status-message")
+
+
+def test_search_shows_passages_with_title_score_and_marked_terms(page):
+    search_for(page, "Who designed the Skerryvore lighthouse?")
+    first = page.locator("#results .hit").first
+    assert first.locator(".hit-title").text_content() == "The Skerryvore lighthouse"
+    assert first.locator(".hit-path").text_content().endswith("lighthouse.txt")
+    assert re.fullmatch(r"score \d+\.\d{4}", first.locator(".hit-score").text_content())
+    marked = {m.lower() for m in first.locator(".hit-text mark").all_text_contents()}
+    assert {"skerryvore", "lighthouse", "designed"} <= marked
+    assert "skerryvore" in first.locator(".terms").text_content()
+    assert "q=Who+designed" in page.url  # the search can be reloaded or shared
+
+
+def test_document_view_highlights_the_passage(page):
+    search_for(page, "largest glacier in the Alps")
+    hit = page.locator("#results .hit").first
+    passage_text = hit.locator(".hit-text").text_content()
+    hit.locator(".hit-title").click()
+    page.wait_for_selector("#document-view:not([hidden]) #doc-highlight")
+    assert page.text_content("#doc-title") == "Glacier notes"
+    assert page.text_content("#doc-highlight") == passage_text
+    assert page.locator("#doc-highlight").is_visible()
+
+
+def test_markup_in_a_document_never_runs(page, server):
+    search_for(page, "markup shows tags as text", mode="keyword")
+    hit = page.locator("#results .hit").first
+    assert hit.locator(".hit-title").text_content() == "Markup sample"
+    assert "<script>window.pwned = 1;" in hit.locator(".hit-text").text_content()  # shown as text
+    assert page.locator("#results script, #results img").count() == 0
+    hit.locator(".hit-title").click()
+    page.wait_for_selector("#document-view:not([hidden])")
+    assert "<img src=x onerror" in page.text_content("#doc-text")
+    assert page.locator("#doc-text script, #doc-text img").count() == 0
+    page.wait_for_timeout(300)  # an onerror handler would have fired by now
+    assert page.evaluate("window.pwned") is None
+    assert page.title() == TITLE
+
+    doc_id = hit.locator(".hit-title").get_attribute("data-document")
+    page.goto(f"{server.url}/documents/{doc_id}")  # the server-rendered view escapes it too
+    assert "<script>window.pwned = 1;" in page.text_content(".doc-text")
+    assert page.locator(".doc-text script, .doc-text img").count() == 0
+    assert page.evaluate("window.pwned") is None
+    assert page.title() != "pwned"
+
+
+def test_upload_a_file_find_it_and_delete_it(page, tmp_path):
+    note = tmp_path / "kelp.txt"
+    note.write_text("Kelp forest notes\n\nGiant kelp can grow half a metre in a single day.\n", encoding="utf-8")
+    evil = tmp_path / "<img src=x onerror=window.pwned=3>.txt"
+    evil.write_text("Evil file name\n\nThe file name of this note holds markup.\n", encoding="utf-8")
+    page.set_input_files("#upload-files", [str(note), str(evil)])
+    page.click("#upload-button")
+    page.wait_for_selector("#upload-results li.added >> nth=1")
+    results = page.locator("#upload-results li").all_text_contents()
+    assert any(r.startswith("kelp.txt: added") for r in results)
+    assert any(r.startswith("<img src=x onerror=window.pwned=3>.txt: added") for r in results)
+    assert page.evaluate("window.pwned") is None
+    page.wait_for_function(f"document.getElementById('stat-documents').textContent === '{len(NOTES) + 2}'")
+
+    search_for(page, "how fast does giant kelp grow")
+    first = page.locator("#results .hit").first
+    assert first.locator(".hit-title").text_content() == "Kelp forest notes"
+
+    for title in ("Kelp forest notes", "Evil file name"):
+        page.click("#documents-box summary")
+        item = page.locator("#documents li", has_text=title)
+        item.locator("button.delete").click()
+        item.wait_for(state="detached")
+        page.click("#documents-box summary")
+    page.wait_for_function(f"document.getElementById('stat-documents').textContent === '{len(NOTES)}'")
+    search_for(page, "how fast does giant kelp grow")
+    assert "Kelp forest notes" not in page.locator("#results .hit-title").all_text_contents()
+
+
+def test_bad_input_shows_an_error_not_a_frozen_page(page):
+    page.fill("#k", "500")
+    page.fill("#q", "glacier")
+    page.click("#search-button")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "'k'" in page.text_content("#error")
+    assert page.is_enabled("#search-button") and page.is_enabled("#ask-button")
+
+
+def save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    target = os.environ.get("RAG_SCREENS_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / name)
+    return shot
