@@ -1,8 +1,9 @@
 """Split a document into passages that fit the encoder's window, keeping character offsets.
 
-Passages are packed from the largest natural units that fit: paragraphs (blank lines), then
-lines, then sentences, and only as a last resort runs of tokens. Consecutive passages share about
-``overlap`` tokens of whole units so a sentence cut at a boundary is still seen whole once.
+Passages are packed from sentences (only an over-long sentence is cut into runs of tokens) and
+end at the strongest break that keeps them at least half full: a paragraph end (blank line), else
+a line end, else a sentence end. Consecutive passages share about ``overlap`` tokens of whole
+sentences, so a thought cut at a boundary is still seen whole once.
 Every passage is checked against the real tokenizer: it never exceeds ``max_tokens``.
 """
 from __future__ import annotations
@@ -49,28 +50,26 @@ class Chunker:
             return []
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
 
-    def units(self, text: str) -> list[tuple[Span, int]]:
-        """The text cut into units that each fit the budget, with their token counts."""
-        out: list[tuple[Span, int]] = []
-        levels = (_PARAGRAPH, _LINE, _SENTENCE)
-        todo = [(s, 0) for s in _split(text, 0, len(text), levels[0])]
-        while todo:
-            spans = [s for s, _ in todo]
-            counts = self.count([text[a:b] for a, b in spans])
-            nxt = []
-            for (span, level), n in zip(todo, counts):
-                if n <= self.max_tokens:
-                    out.append((span, n))
-                elif level + 1 < len(levels):
-                    pieces = _split(text, span[0], span[1], levels[level + 1])
-                    if len(pieces) > 1:
-                        nxt += [(p, level + 1) for p in pieces]
-                    else:
-                        nxt.append((span, level + 1))
-                else:
-                    out += self._token_windows(text, span)
-            todo = nxt
-        out.sort()
+    def units(self, text: str) -> list[tuple[Span, int, int]]:
+        """Sentences (cut further into token windows when too long) as (span, tokens, strength),
+        strength being the break that follows: 2 paragraph, 1 line, 0 sentence or less."""
+        pieces: list[tuple[Span, int]] = []
+        for paragraph in _split(text, 0, len(text), _PARAGRAPH):
+            lines = _split(text, paragraph[0], paragraph[1], _LINE)
+            for li, line in enumerate(lines):
+                sentences = _split(text, line[0], line[1], _SENTENCE)
+                for si, sentence in enumerate(sentences):
+                    last_sentence = si == len(sentences) - 1
+                    strength = (2 if li == len(lines) - 1 else 1) if last_sentence else 0
+                    pieces.append((sentence, strength))
+        counts = self.count([text[a:b] for (a, b), _ in pieces])
+        out: list[tuple[Span, int, int]] = []
+        for (span, strength), n in zip(pieces, counts):
+            if n <= self.max_tokens:
+                out.append((span, n, strength))
+            else:
+                windows = self._token_windows(text, span)
+                out += [(w, m, strength if i == len(windows) - 1 else 0) for i, (w, m) in enumerate(windows)]
         return out
 
     def _token_windows(self, text: str, span: Span) -> list[tuple[Span, int]]:
@@ -96,16 +95,31 @@ class Chunker:
                 total += units[j][1]
                 j += 1
             j = max(j, i + 1)
+            if j < len(units):
+                j = self._best_cut(units, i, j)
             spans.append((units[i][0][0], units[j - 1][0][1]))
             if j >= len(units):
                 break
-            # step back over whole units worth at most `overlap` tokens, always moving forward
+            # start the next passage a few whole sentences back (about `overlap` tokens), always moving on
             back, carried = j, 0
             while back - 1 > i and carried + units[back - 1][1] <= self.overlap:
                 back -= 1
                 carried += units[back][1]
             i = back
         return self._enforce(text, spans)
+
+    def _best_cut(self, units, i: int, j: int) -> int:
+        """End the passage after the strongest break in units[i:j] that keeps it at least half full."""
+        half = self.max_tokens // 2
+        for strength in (2, 1):
+            total, best = 0, None
+            for m in range(i, j):
+                total += units[m][1]
+                if units[m][2] >= strength and total >= half:
+                    best = m + 1
+            if best:
+                return best
+        return j
 
     def _enforce(self, text: str, spans: list[Span]) -> list[Span]:
         """Re-count whole passages (joining units can merge tokens) and cut any that overflow."""
@@ -117,7 +131,6 @@ class Chunker:
             else:
                 out += [s for s, _ in self._token_windows(text, span)]
         return out
-
 
 def chunk(text: str, tokenizer, max_tokens: int, overlap: int = 0) -> list[Span]:
     """Passages of ``text`` as (start, end) character offsets, each at most ``max_tokens`` tokens."""

@@ -55,12 +55,15 @@ def _megabytes(n: int) -> str:
 @click.option("--max-size", default=50.0, show_default=True, type=click.FloatRange(0.001), help="Largest file to read, MB.")
 @click.option("--stdin-name", default="stdin", show_default=True,
               help="Path recorded for '-' (stdin); its extension picks the format, e.g. notes.md.")
+@click.option("--batch-passages", default=2048, show_default=True, type=click.IntRange(1),
+              help="Passages gathered across files per encode call (bigger is faster, smaller commits sooner).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @model_option
 @data_option
 def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, no_default_excludes, prune,
-           text_field, id_field, title_field, text_columns, max_size, stdin_name, no_progress, as_json, model, data):
+           text_field, id_field, title_field, text_columns, max_size, stdin_name, batch_passages, no_progress,
+           as_json, model, data):
     """Add files and folders (recursively; '-' reads stdin) to the store and index.
 
     Formats: .txt .md .html .pdf .json .jsonl .csv. Unchanged files are skipped, changed ones
@@ -79,7 +82,7 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
         report = ingest_paths(library, list(paths), collection=collection, include=include, exclude=exclude,
                               chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, progress=not no_progress,
                               options=options, max_bytes=int(max_size * 1024 * 1024), stdin_name=stdin_name,
-                              default_excludes=not no_default_excludes)
+                              default_excludes=not no_default_excludes, encode_batch=batch_passages)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

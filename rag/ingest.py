@@ -151,8 +151,9 @@ class _Ingester:
     """Chunk sources, encode their passages in big batches, commit each source whole."""
 
     def __init__(self, library, collection: str, chunk_tokens: int | None, overlap: int | None,
-                 report: IngestReport, progress: bool):
+                 report: IngestReport, progress: bool, encode_batch: int = ENCODE_BATCH):
         self.library = library
+        self.encode_batch = max(1, int(encode_batch))
         self.store = library.store
         self.encoder = library.encoder
         self.collection = collection
@@ -208,7 +209,7 @@ class _Ingester:
         if self.bar is not None:
             self.bar.total += len(texts)
             self.bar.refresh()
-        if self.pending_passages >= ENCODE_BATCH:
+        if self.pending_passages >= self.encode_batch:
             self.flush()
 
     def flush(self) -> None:
@@ -254,13 +255,13 @@ class _Ingester:
 
 
 def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, chunk_tokens, overlap,
-         progress: bool, report: IngestReport) -> IngestReport:
+         progress: bool, report: IngestReport, encode_batch: int = ENCODE_BATCH) -> IngestReport:
     if not collection or not str(collection).strip():
         raise RagError("the collection name must not be empty")
     library.encoder  # loading the model is not part of the ingest rate
     started = time.perf_counter()
     library.index  # load (or catch up) the index first, so each write can follow it
-    ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress)
+    ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress, encode_batch)
     try:
         for item in sources:
             if isinstance(item, tuple):
@@ -281,7 +282,7 @@ def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, 
 
 def ingest_documents(library, docs: Iterable[SourceDocument], collection: str = "default",
                      progress: bool = False, chunk_tokens: int | None = None,
-                     overlap: int | None = None) -> IngestReport:
+                     overlap: int | None = None, encode_batch: int = ENCODE_BATCH) -> IngestReport:
     """Ingest in-memory records; the uri is the key (same uri and content: skipped; changed: replaced)."""
     report = IngestReport()
 
@@ -293,13 +294,14 @@ def ingest_documents(library, docs: Iterable[SourceDocument], collection: str = 
             size = len(doc.text.encode("utf-8"))
             yield Source(key=doc.uri, hash=content_hash(doc.title, doc.text), docs=[doc], size=size, mtime=doc.mtime)
 
-    return _run(library, sources(), collection, chunk_tokens, overlap, progress, report)
+    return _run(library, sources(), collection, chunk_tokens, overlap, progress, report, encode_batch)
 
 
 def ingest_paths(library, paths: list[str], collection: str = "default", include=None, exclude=None,
                  chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
                  progress: bool = False, options: LoadOptions | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-                 stdin_name: str = "stdin", default_excludes: bool = True) -> IngestReport:
+                 stdin_name: str = "stdin", default_excludes: bool = True,
+                 encode_batch: int = ENCODE_BATCH) -> IngestReport:
     """Ingest files and folders (``-`` reads stdin); bad files are reported and the rest go in."""
     options = options or LoadOptions()
     report = IngestReport()
@@ -326,7 +328,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
                 continue
             yield from _parse(str(path), data, source, options)
 
-    _run(library, sources(), collection, chunk_tokens, overlap, progress, report)
+    _run(library, sources(), collection, chunk_tokens, overlap, progress, report, encode_batch)
     if prune:
         report.removed = prune_missing(library, [p for p in paths if p != "-"])
     return report

@@ -112,9 +112,9 @@ def load_pdf(path: str, data: bytes, options: LoadOptions) -> list[SourceDocumen
     return [SourceDocument(uri=path, title=title, text=text, metadata={"pages": len(pages)})]
 
 
-def _record(path: str, n: int, record, options: LoadOptions) -> SourceDocument:
+def _record(path: str, n: int, record, options: LoadOptions, where: str = "") -> SourceDocument:
     """One JSON object -> a document keyed path#id (the id field) or path#n (its position)."""
-    where = f"record {n}"
+    where = where or f"record {n}"
     if not isinstance(record, dict):
         raise LoadError(f"{where} is not a JSON object")
     if options.text_field not in record:
@@ -140,7 +140,7 @@ def load_jsonl(path: str, data: bytes, options: LoadOptions) -> list[SourceDocum
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise LoadError(f"line {n}: invalid JSON: {exc.msg}") from exc
-        docs.append(_record(path, n, record, options))
+        docs.append(_record(path, n, record, options, where=f"line {n}"))
     return docs
 
 
