@@ -84,7 +84,9 @@ def page(browser, server):
 def search_for(page, query: str, mode: str = "hybrid"):
     page.fill("#q", query)
     page.select_option("#mode", mode)
-    page.click("#search-button")
+    with page.expect_response(lambda r: "/api/search" in r.url):
+        page.click("#search-button")
+    page.wait_for_selector("#progress", state="hidden")
     page.wait_for_selector("#results .hit")
 
 
@@ -173,11 +175,11 @@ def test_upload_a_file_find_it_and_delete_it(page, tmp_path):
 
 
 def test_bad_input_shows_an_error_not_a_frozen_page(page):
-    page.fill("#k", "500")
+    page.fill("#where", "nonsense")
     page.fill("#q", "glacier")
     page.click("#search-button")
     page.wait_for_selector("#error:not([hidden])")
-    assert "'k'" in page.text_content("#error")
+    assert "bad 'where' filter" in page.text_content("#error")
     assert page.is_enabled("#search-button") and page.is_enabled("#ask-button")
 
 
