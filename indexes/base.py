@@ -198,21 +198,31 @@ class SlotTable:
     """Caller ids <-> dense slot numbers, with tombstones for removed or replaced slots.
 
     Backends that cannot delete natively store vectors by slot; a removed slot keeps its place
-    (``ids[slot] == -1``) until ``compact`` renumbers the live ones.
+    (``ids[slot] == -1``) until ``compact`` renumbers the live ones. Lookups go through sorted
+    numpy arrays (24 bytes a vector), not a Python dict (about 100).
     """
 
     def __init__(self) -> None:
-        self.ids = np.empty(0, dtype=np.int64)  # (slots,) caller id per slot, -1 if dead
-        self.slot_of: dict[int, int] = {}
+        self.ids = np.empty(0, dtype=np.int64)  # (capacity,) caller id per slot, -1 if dead
         self.size = 0  # slots in use (live + dead)
+        self._sorted_ids = np.empty(0, dtype=np.int64)  # live ids, ascending
+        self._sorted_slots = np.empty(0, dtype=np.int64)  # their slots
 
     @property
     def live(self) -> int:
-        return len(self.slot_of)
+        return len(self._sorted_ids)
 
     @property
     def dead(self) -> int:
-        return self.size - len(self.slot_of)
+        return self.size - self.live
+
+    def slots_of(self, ids: np.ndarray) -> np.ndarray:
+        """Slot of each id, -1 where the id is not live."""
+        pos = np.searchsorted(self._sorted_ids, ids)
+        pos_clipped = np.minimum(pos, max(0, len(self._sorted_ids) - 1))
+        found = (pos < len(self._sorted_ids)) & (self._sorted_ids[pos_clipped] == ids) if self.live else \
+            np.zeros(len(ids), dtype=bool)
+        return np.where(found, self._sorted_slots[pos_clipped] if self.live else -1, -1)
 
     def add(self, ids: np.ndarray) -> np.ndarray:
         """New slots for ids (already validated); an id added before loses its old slot."""
@@ -222,19 +232,24 @@ class SlotTable:
             grown = np.full(max(2 * len(self.ids), start + len(ids), 1024), -1, dtype=np.int64)
             grown[:start] = self.ids[:start]
             self.ids = grown
+        slots = np.arange(start, start + len(ids), dtype=np.int64)
         self.ids[start : start + len(ids)] = ids
-        self.slot_of.update(zip(ids.tolist(), range(start, start + len(ids))))
         self.size = start + len(ids)
-        return np.arange(start, start + len(ids), dtype=np.int64)
+        merged_ids = np.concatenate([self._sorted_ids, ids])
+        order = np.argsort(merged_ids, kind="stable")
+        self._sorted_ids = merged_ids[order]
+        self._sorted_slots = np.concatenate([self._sorted_slots, slots])[order]
+        return slots
 
     def remove(self, ids: np.ndarray) -> int:
-        removed = 0
-        for caller_id in ids.tolist():
-            slot = self.slot_of.pop(caller_id, None)
-            if slot is not None:
-                self.ids[slot] = -1
-                removed += 1
-        return removed
+        """Tombstone the slots of ids that are live; returns how many were."""
+        slots = self.slots_of(ids)
+        slots = slots[slots >= 0]
+        if len(slots):
+            self.ids[slots] = -1
+            keep = self.ids[self._sorted_slots] >= 0
+            self._sorted_ids, self._sorted_slots = self._sorted_ids[keep], self._sorted_slots[keep]
+        return len(slots)
 
     def live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.ids[: self.size] >= 0)
@@ -246,13 +261,16 @@ class SlotTable:
     def compact(self) -> np.ndarray:
         """Renumber live slots 0..live-1 in order; returns the old slot of each new slot."""
         keep = self.live_slots()
-        self.ids = self.ids[keep].copy()
-        self.size = len(keep)
-        self.slot_of = dict(zip(self.ids.tolist(), range(self.size)))
+        table = SlotTable.from_state(self.ids[keep])
+        self.ids, self.size = table.ids, table.size
+        self._sorted_ids, self._sorted_slots = table._sorted_ids, table._sorted_slots
         return keep
 
     def state(self) -> np.ndarray:
         return self.ids[: self.size].copy()
+
+    def memory_bytes(self) -> int:
+        return int(self.ids.nbytes + self._sorted_ids.nbytes + self._sorted_slots.nbytes)
 
     @classmethod
     def from_state(cls, ids: np.ndarray) -> "SlotTable":
@@ -260,7 +278,11 @@ class SlotTable:
         table.ids = np.asarray(ids, dtype=np.int64).copy()
         table.size = len(table.ids)
         live = np.flatnonzero(table.ids >= 0)
-        table.slot_of = dict(zip(table.ids[live].tolist(), live.tolist()))
+        order = np.argsort(table.ids[live], kind="stable")
+        table._sorted_ids = table.ids[live][order]
+        table._sorted_slots = live[order].astype(np.int64)
+        if len(np.unique(table._sorted_ids)) != len(table._sorted_ids):
+            raise ValueError("slot table holds duplicate ids")
         return table
 
 

@@ -6,9 +6,18 @@ from typing import Any, Callable
 
 from indexes.base import BaseIndex, IndexFileError, read_manifest
 from indexes.flat import FlatIndex
+from indexes.hnsw import HnswIndex
+from indexes.kdtree import KDTreeIndex
+from indexes.lsh import LSHIndex
+from indexes.pq import IVFPQIndex, PQIndex
 
 BACKENDS: dict[str, Callable[..., BaseIndex]] = {
     "flat": FlatIndex,
+    "lsh": LSHIndex,
+    "pq": PQIndex,
+    "ivfpq": IVFPQIndex,
+    "kdtree": KDTreeIndex,
+    "hnsw": HnswIndex,
 }
 
 

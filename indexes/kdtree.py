@@ -1,0 +1,153 @@
+"""``kdtree``: a KD-tree (scipy cKDTree) over PCA-reduced vectors, then exact re-ranking.
+
+In 384 dimensions a KD-tree checks nearly every leaf, so the tree is built over the top
+``pca_dims`` principal components, where it prunes well; it returns ``rerank`` candidates
+(best-bin-first with an ``eps`` approximation bound: a returned neighbour is at most 1+eps
+farther than the true one in the reduced space), and those are re-ranked by exact similarity.
+Reduced-space distance is Euclidean for every metric, exact for cosine (normalised vectors)
+and an approximation for ``ip``, which the exact re-ranking corrects as far as candidates allow.
+
+The tree is static, so vectors added after a build wait in a small exact "pending" range,
+searched by brute force, until they reach a tenth of the tree; then the tree (and, as the
+collection doubles, the PCA) is rebuilt. Removed ids are filtered out and dropped at rebuilds.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from indexes.base import (
+    BaseIndex, IndexFileError, SlotTable, pair_scores, require_file, top_k_by_query,
+)
+from indexes.vectors import SlotVectors
+
+STATE_FILE = "kdtree.npz"
+VECTORS_FILE = "vectors.npy"
+MIN_TREE = 1000  # below this, brute force is as fast as any tree
+PCA_SAMPLE = 20000
+
+
+class KDTreeIndex(BaseIndex):
+    name = "kdtree"
+
+    def __init__(self, dim: int, metric: str = "cosine", pca_dims: int = 32, rerank: int = 200,
+                 eps: float = 0.0, leafsize: int = 16) -> None:
+        if not isinstance(pca_dims, int) or pca_dims <= 0:
+            raise ValueError(f"kdtree parameter pca_dims must be a positive integer, got {pca_dims!r}")
+        if not isinstance(rerank, int) or rerank <= 0:
+            raise ValueError(f"kdtree parameter rerank must be a positive integer, got {rerank!r}")
+        if not isinstance(eps, (int, float)) or eps < 0:
+            raise ValueError(f"kdtree parameter eps must be >= 0, got {eps!r}")
+        super().__init__(dim, metric, pca_dims=pca_dims, rerank=rerank, eps=eps, leafsize=leafsize)
+        self.pca_dims, self.rerank, self.eps, self.leafsize = min(pca_dims, self.dim), rerank, float(eps), leafsize
+        self.slots = SlotTable()
+        self.vectors = SlotVectors(self.dim)
+        self.mean = np.zeros(self.dim, dtype=np.float32)
+        self.components = np.zeros((self.dim, 0), dtype=np.float32)  # (dim, pca_dims)
+        self.fitted_at = 0
+        self.tree: cKDTree | None = None
+        self.built_upto = 0  # the tree holds slots [0, built_upto); later ones are pending
+
+    def _fit_pca(self, live: np.ndarray) -> None:
+        sample = live if len(live) <= PCA_SAMPLE else np.sort(
+            np.random.default_rng(0).choice(live, PCA_SAMPLE, replace=False))
+        data = np.asarray(self.vectors.take(sample), dtype=np.float64)
+        self.mean = data.mean(axis=0)
+        centered = data - self.mean
+        _, vectors = np.linalg.eigh(centered.T @ centered)  # ascending eigenvalues
+        self.components = vectors[:, ::-1][:, : self.pca_dims].astype(np.float32)
+        self.mean = self.mean.astype(np.float32)
+        self.fitted_at = len(live)
+
+    def _reduce(self, vectors: np.ndarray) -> np.ndarray:
+        return (vectors - self.mean) @ self.components
+
+    def _rebuild(self) -> None:
+        """Compact, refit PCA when the collection doubled, build the tree over everything."""
+        keep = self.slots.compact()
+        self.vectors.compact(keep)
+        if self.slots.size >= MIN_TREE and self.slots.size >= 2 * self.fitted_at:
+            self._fit_pca(np.arange(self.slots.size, dtype=np.int64))
+        self._build_tree(self.slots.size if self.slots.size >= MIN_TREE else 0)
+
+    def _build_tree(self, upto: int) -> None:
+        """The tree over slots [0, upto) in the current PCA space; later slots stay pending."""
+        if not upto:
+            self.tree, self.built_upto = None, 0
+            return
+        reduced = np.concatenate([self._reduce(self.vectors.rows[s : min(upto, s + 65536)])
+                                  for s in range(0, upto, 65536)])
+        self.tree = cKDTree(reduced, leafsize=self.leafsize, balanced_tree=False, compact_nodes=False)
+        self.built_upto = upto
+
+    def _pending(self) -> int:
+        return self.slots.size - self.built_upto
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.slots.add(ids)
+        self.vectors.append(vectors)
+        if self._pending() >= max(MIN_TREE, self.built_upto // 10) or self.slots.needs_compaction():
+            self._rebuild()
+
+    def _remove(self, ids: np.ndarray) -> None:
+        self.slots.remove(ids)
+        if self.slots.needs_compaction():
+            self._rebuild()
+
+    def __len__(self) -> int:
+        return self.slots.live
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows_parts, slot_parts = [], []
+        if self.tree is not None:
+            want = max(k, self.rerank)
+            dead_in_tree = self.built_upto - int((self.slots.ids[: self.built_upto] >= 0).sum())
+            fetch = min(self.built_upto, math.ceil(want * self.built_upto / max(1, self.built_upto - dead_in_tree)))
+            _, positions = self.tree.query(self._reduce(queries), k=fetch, eps=self.eps)
+            positions = positions.reshape(len(queries), fetch)
+            rows, cols = np.nonzero(positions < self.built_upto)  # missing neighbours come back as n
+            rows_parts.append(rows)
+            slot_parts.append(positions[rows, cols].astype(np.int64))
+        pending = np.arange(self.built_upto, self.slots.size, dtype=np.int64)
+        if len(pending):
+            rows_parts.append(np.repeat(np.arange(len(queries)), len(pending)))
+            slot_parts.append(np.tile(pending, len(queries)))
+        rows, slots = np.concatenate(rows_parts), np.concatenate(slot_parts)
+        alive = self.slots.ids[slots] >= 0
+        rows, slots = rows[alive], slots[alive]
+        scores = pair_scores(queries[rows], self.vectors.take(slots), self.metric).astype(np.float32)
+        top_slots, top_scores = top_k_by_query(rows, slots, scores, len(queries), k)
+        ids = np.where(top_slots >= 0, self.slots.ids[np.maximum(top_slots, 0)], -1)
+        return ids.astype(np.int64), top_scores
+
+    def memory_bytes(self) -> int:
+        """Full vectors, the reduced float64 copy the tree holds, its nodes (about one per
+        leafsize/2 points), and the id tables."""
+        n_tree = self.built_upto
+        tree = n_tree * (8 * self.pca_dims + 8) + (2 * n_tree // max(1, self.leafsize)) * (8 * self.pca_dims * 2 + 64)
+        return int(self.vectors.resident_bytes() + tree + self.slots.memory_bytes())
+
+    def _save_files(self, directory: Path) -> None:
+        np.savez(directory / STATE_FILE, slots=self.slots.state(), mean=self.mean, components=self.components,
+                 fitted_at=np.int64(self.fitted_at), built_upto=np.int64(self.built_upto))
+        self.vectors.save(directory / VECTORS_FILE)
+
+    def _load_files(self, directory: Path, manifest: dict) -> None:
+        path = require_file(directory, STATE_FILE)
+        try:
+            with np.load(path, allow_pickle=False) as state:
+                self.slots = SlotTable.from_state(state["slots"])
+                self.mean, self.components = state["mean"], state["components"]
+                self.fitted_at, built_upto = int(state["fitted_at"]), int(state["built_upto"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexFileError(f"index file is corrupt: {path}: {exc}") from exc
+        self.vectors = SlotVectors.load(require_file(directory, VECTORS_FILE), self.dim, memory_mapped=False)
+        if self.vectors.size != self.slots.size or built_upto > self.slots.size:
+            raise IndexFileError(f"index files {path} and {directory / VECTORS_FILE} disagree on the count")
+        if built_upto and self.components.shape != (self.dim, self.pca_dims):
+            raise IndexFileError(f"index file {path}: PCA components of shape {self.components.shape}, "
+                                 f"expected {(self.dim, self.pca_dims)}")
+        self._build_tree(built_upto)  # deterministic: the same tree as before saving
