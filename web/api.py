@@ -51,10 +51,8 @@ def modes() -> tuple[str, ...]:
 
 
 def readers() -> tuple[str, ...]:
-    try:
-        from rag.answer import READERS
-    except ImportError:
-        return ("prompt", "fid")
+    from rag.readers import READERS
+
     return tuple(READERS)
 
 

