@@ -69,19 +69,26 @@ def parse_query(value: Any, field: str) -> str:
     return value
 
 
-def parse_k(value: Any, default: int) -> int:
+def ask_max_k() -> int:
+    from rag.answer import MAX_K as ANSWER_MAX_K
+
+    return min(MAX_K, ANSWER_MAX_K)
+
+
+def parse_k(value: Any, default: int, most: int = MAX_K) -> int:
     if value is None or value == "":
         return default
+    problem = f"'k' must be an integer from 1 to {most}, not {value!r}"
     if isinstance(value, bool):
-        raise ApiError(400, f"'k' must be an integer from 1 to {MAX_K}, not {value!r}")
+        raise ApiError(400, problem)
     try:
         k = int(value)
         if isinstance(value, float) and value != k:
             raise ValueError
     except (TypeError, ValueError):
-        raise ApiError(400, f"'k' must be an integer from 1 to {MAX_K}, not {value!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise ApiError(400, f"'k' must be an integer from 1 to {MAX_K}, not {k}")
+        raise ApiError(400, problem) from None
+    if not 1 <= k <= most:
+        raise ApiError(400, problem)
     return k
 
 
@@ -177,7 +184,7 @@ def api_stats():
 
 @bp.get("/api/openapi.json")
 def openapi():
-    return openapi_document(modes(), readers(), MAX_K)
+    return openapi_document(modes(), readers(), MAX_K, ask_max_k())
 
 
 # --- search and ask -------------------------------------------------------------------------------
@@ -269,7 +276,7 @@ def api_ask():
     body = json_body()
     params = {
         "question": parse_query(body.get("question"), "question"),
-        "k": parse_k(body.get("k"), DEFAULT_ASK_K),
+        "k": parse_k(body.get("k"), DEFAULT_ASK_K, ask_max_k()),
         "mode": parse_choice(body.get("mode"), "mode", modes(), DEFAULT_MODE),
         "hyde": parse_bool(body.get("hyde"), "hyde"),
         "reader": parse_choice(body.get("reader"), "reader", readers(), DEFAULT_READER),

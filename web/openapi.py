@@ -12,8 +12,8 @@ def _ok(description: str, schema: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
 
-def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: int) -> dict:
-    """The description, with the live lists of modes and readers."""
+def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: int, ask_max_k: int) -> dict:
+    """The description, with the live lists of modes and readers and the limits on k."""
     k_schema = {"type": "integer", "minimum": 1, "maximum": max_k}
     document_ref = {"type": "object", "required": ["id", "path", "title"], "properties": {
         "id": {"type": "integer"}, "path": {"type": "string"}, "title": {"type": "string"},
@@ -128,7 +128,7 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                     "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
                 "AskRequest": {"type": "object", "required": ["question"], "properties": {
                     "question": {"type": "string", "minLength": 1},
-                    "k": dict(k_schema, default=5),
+                    "k": dict(k_schema, maximum=ask_max_k, default=5),
                     "mode": {"type": "string", "enum": list(modes), "default": "hybrid"},
                     "hyde": {"type": "boolean", "default": False},
                     "reader": {"type": "string", "enum": list(readers), "default": "prompt"},
