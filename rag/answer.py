@@ -1,0 +1,81 @@
+"""The answer pipeline: [HyDE] -> search -> relevance check -> reader -> Answer with citations and timings."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from rag.errors import RagError
+from rag.records import Answer, Citation, Hit
+
+NOT_FOUND = "The documents do not contain the answer."
+# Cosine similarity (default encoder) between the question and its best passage below which the
+# question is taken to be off-topic for this store: unrelated text scores about 0 to 0.2 here.
+MIN_RELEVANCE = 0.25
+MAX_K = 50
+
+
+def relevance(library, question: str, hits: list[Hit]) -> list[float]:
+    """Cosine similarity of the question to each hit, from the stored passage embeddings (any search mode)."""
+    if not hits:
+        return []
+    ids, vectors = library.store.embeddings(ids=[h.passage.id for h in hits], dim=library.dim)
+    query = library.encoder.encode([question])[0]
+    by_id = dict(zip(ids.tolist(), (vectors @ query).tolist()))
+    return [float(by_id.get(h.passage.id, 0.0)) for h in hits]
+
+
+def resolve_generator(generator, library):
+    """A loaded generator, a name or path to load, or None for the default local model."""
+    if generator is None or isinstance(generator, str):
+        from rag.generators import load_generator
+
+        return load_generator(generator or "local", data_dir=library.data_dir)
+    return generator
+
+
+def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = False, reader: str = "prompt",
+        generator=None, where: dict[str, str] | None = None, on_token: Callable[[str], None] | None = None,
+        max_new_tokens: int | None = None, min_relevance: float = MIN_RELEVANCE, seed: int | None = 0,
+        hyde_n: int | None = None) -> Answer:
+    """Answer ``question`` from the library's passages, citing them; says so when they do not hold the answer."""
+    from rag.hyde import DEFAULT_N, hyde_vector
+    from rag.readers import DEFAULT_MAX_NEW_TOKENS, get_reader
+    from rag.search import search
+
+    started = time.perf_counter()
+    if not isinstance(question, str) or not question.strip():
+        raise RagError("the question is empty")
+    question = " ".join(question.split())
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise RagError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+    read = get_reader(reader)
+    if library.store.passage_count() == 0:
+        raise RagError(f"no documents in {library.data_dir}: add some with `rag ingest PATH` first")
+    generator = resolve_generator(generator, library)
+    timings = {"retrieve": 0.0, "hyde": 0.0, "generate": 0.0, "total": 0.0}
+
+    vector, hypothetical = None, []
+    if hyde:
+        t = time.perf_counter()
+        vector, hypothetical = hyde_vector(question, library.encoder, generator, n=hyde_n or DEFAULT_N, seed=seed)
+        timings["hyde"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    hits = search(library, question, k=int(k), mode=mode, where=where, query_vector=vector)
+    scores = relevance(library, question, hits)
+    timings["retrieve"] = time.perf_counter() - t
+
+    text, citations = NOT_FOUND, []
+    if hits and max(scores) >= min_relevance:
+        t = time.perf_counter()
+        reading = read(question, hits, generator, max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                       on_token=on_token, seed=seed)
+        timings["generate"] = time.perf_counter() - t
+        if reading.cited and reading.text:
+            citations = [Citation(n=n, hit=hits[n - 1]) for n in reading.cited]
+            text = reading.text + " " + "".join(f"[{n}]" for n in reading.cited)
+    timings["total"] = time.perf_counter() - started
+    return Answer(question=question, text=text, citations=citations, passages=hits, hyde=hypothetical,
+                  timings=timings)
