@@ -280,6 +280,78 @@ def serve(host: str, port: int, threads: int, generator: str, data: str | None) 
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.argument("question")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 50), help="Passages given to the reader.")
+@click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["dense", "keyword", "hybrid"]),
+              help="How passages are retrieved.")
+@click.option("--hyde", is_flag=True, help="Expand the query with hypothetical passages the generator writes (HyDE).")
+@click.option("--reader", default="prompt", show_default=True, type=click.Choice(["prompt", "fid"]),
+              help="prompt: numbered passages in one prompt; fid: fusion-in-decoder, each passage encoded on its own.")
+@click.option("--generator", default="local", show_default=True,
+              help="local (Gemma 3 270M, converted once into DATA/models), openai (RAG_OPENAI_BASE_URL, "
+                   "RAG_OPENAI_MODEL, RAG_OPENAI_API_KEY), or a Hugging Face model directory.")
+@click.option("--where", multiple=True, metavar="FIELD=VALUE", help="Filter passages, as in `rag search` (repeatable).")
+@click.option("--max-tokens", default=None, type=click.IntRange(1, 2048), help="Longest answer in tokens (default 48).")
+@click.option("--json", "as_json", is_flag=True, help="Print {question, answer, citations, passages, hyde, timings}.")
+@model_option
+@data_option
+def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, model, data):
+    """Answer QUESTION from your documents, citing the passages it used."""
+    import json
+    import sys
+
+    from rag.answer import ask as run_ask
+    from rag.errors import RagError
+    from rag.snippets import snippet
+
+    filters = _parse_where(where)
+    library = _library(data, model)
+    live = not as_json and sys.stdout.isatty()
+    streamed: list[str] = []
+
+    def show(piece: str) -> None:
+        if not streamed:
+            click.echo(click.style("Answer: ", bold=True), nl=False)
+        streamed.append(piece)
+        click.echo(piece, nl=False)
+
+    try:
+        if generator == "local" and not as_json:
+            from rag.generators import DEFAULT_MODEL_DIRNAME, model_cache_dir
+
+            if not (model_cache_dir(library.data_dir) / DEFAULT_MODEL_DIRNAME / "config.json").exists():
+                click.echo("Converting the packaged Gemma 3 270M model once (about 2 minutes)...", err=True)
+        answer = run_ask(library, question, k=k, mode=mode, hyde=hyde, reader=reader, generator=generator,
+                         where=filters, on_token=show if live else None, max_new_tokens=max_tokens)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        library.close()
+    if as_json:
+        click.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
+        return
+    if streamed:
+        click.echo()
+        if "".join(streamed).strip() not in answer.text:
+            click.echo(f"(not supported by the passages) {answer.text}")
+    else:
+        click.echo(f"Answer: {answer.text}")
+    if answer.hyde:
+        click.echo("\nHyDE passages:")
+        for i, passage in enumerate(answer.hyde, 1):
+            click.echo(f"  {i}. {' '.join(passage.split())[:200]}")
+    if answer.citations:
+        click.echo("\nCitations:")
+        for citation in answer.citations:
+            hit = citation.hit
+            click.echo(f"  [{citation.n}] {hit.document.title or hit.document.path}  ({hit.document.path}, passage {hit.passage.id})")
+            click.echo(f"      {snippet(hit.passage.text, answer.text + ' ' + question, width=200)}")
+    t = answer.timings
+    click.echo(f"\nTimings: retrieve {t['retrieve']:.2f} s, HyDE {t['hyde']:.2f} s, "
+               f"generate {t['generate']:.2f} s, total {t['total']:.2f} s")
+
+
 def _register_eval() -> None:
     from eval.cli import eval_group
 
