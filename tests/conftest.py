@@ -1,5 +1,7 @@
-"""Shared fixtures: the real default encoder, loaded once per test session."""
+"""Shared fixtures: the real default encoder and generator, loaded once per test session."""
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -9,3 +11,22 @@ from rag.encoders import load_encoder
 @pytest.fixture(scope="session")
 def encoder():
     return load_encoder()
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """Converted generator models: RAG_MODEL_CACHE if set (reuse a developer's cache), else one per session.
+
+    The variable is then set for the whole session, so every default-generator load converts at most once.
+    """
+    cache = os.environ.get("RAG_MODEL_CACHE") or str(tmp_path_factory.mktemp("models"))
+    os.environ["RAG_MODEL_CACHE"] = cache
+    return cache
+
+
+@pytest.fixture(scope="session")
+def generator(model_cache):
+    """The real default generator (Gemma 3 270M); the first session on a machine converts it (~100 s)."""
+    from rag.generators import load_generator
+
+    return load_generator("local")
