@@ -371,3 +371,77 @@ def test_errors_never_leak_a_traceback(client):
         assert "Traceback" not in text
         assert 400 <= response.status_code < 500
         assert "error" in json.loads(text)
+
+
+# --- ask: real answers from the real default generator ------------------------------------------
+
+@pytest.fixture(scope="module")
+def ask_client(data_dir, encoder, generator):
+    app = create_app({"DATA_DIR": str(data_dir), "ENCODER_OBJECT": encoder, "GENERATOR_OBJECT": generator})
+    return app.test_client()
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.splitlines() if not line.startswith(":")]
+        name = next((line[7:] for line in lines if line.startswith("event: ")), None)
+        data = "".join(line[6:] for line in lines if line.startswith("data: "))
+        if name:
+            events.append((name, json.loads(data)))
+    return events
+
+
+def test_ask_answers_with_a_citation_to_the_right_passage(ask_client):
+    response = ask_client.post("/api/ask", json={"question": "Who designed the Skerryvore lighthouse?", "k": 3,
+                                                 "mode": "hybrid", "reader": "prompt"})
+    assert response.status_code == 200
+    answer = response.get_json()
+    assert set(answer) >= {"question", "answer", "citations", "passages", "hyde", "timings"}
+    assert "Stevenson" in answer["answer"]
+    cited = {c["passage_id"]: c for c in answer["citations"]}
+    lighthouse = next(p for p in answer["passages"] if p["document"]["title"] == "The Skerryvore lighthouse")
+    assert lighthouse["passage_id"] in cited
+    assert f"[{cited[lighthouse['passage_id']]['n']}]" in answer["answer"]
+    assert "skerryvore" in lighthouse["matched_terms"]
+    assert ask_client.get("/api/stats").get_json()["generator"]["state"] == "loaded"
+
+
+def test_ask_streams_status_tokens_and_the_answer(ask_client):
+    response = ask_client.post("/api/ask", json={"question": "How often is a sourdough starter fed?", "k": 2},
+                               headers={"Accept": "text/event-stream"})
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    events = sse_events(response.get_data(as_text=True))
+    names = [name for name, _ in events]
+    assert names[-1] == "answer" and "error" not in names
+    assert "status" in names and "token" in names
+    assert names.index("token") < names.index("answer")
+    answer = events[-1][1]
+    assert answer["citations"] and answer["citations"][0]["document"]["title"] == "Sourdough starter"
+    streamed = "".join(data["text"] for name, data in events if name == "token")
+    assert streamed.strip()
+
+
+def test_ask_on_an_empty_library_is_a_clear_error(tmp_path, encoder, generator):
+    app = create_app({"DATA_DIR": str(tmp_path / "empty"), "ENCODER_OBJECT": encoder, "GENERATOR_OBJECT": generator})
+    response = app.test_client().post("/api/ask", json={"question": "anything?"})
+    assert response.status_code == 400
+    assert "no documents" in response.get_json()["error"]
+
+
+def test_a_missing_generator_is_reported_and_search_still_works(data_dir, encoder, tmp_path):
+    app = create_app({"DATA_DIR": str(data_dir), "ENCODER_OBJECT": encoder,
+                      "GENERATOR": str(tmp_path / "no-such-model")})
+    client = app.test_client()
+    response = client.post("/api/ask", json={"question": "Who designed the lighthouse?"})
+    assert response.status_code == 503
+    assert "generator" in response.get_json()["error"] and "not found" in response.get_json()["error"]
+    stats = client.get("/api/stats").get_json()
+    assert stats["generator"]["state"] == "missing"
+    assert "Ask needs a generator" in stats["message"]
+    status, body = search(client, q="lighthouse", k=1)
+    assert status == 200 and body["results"]
+    events = sse_events(client.post("/api/ask", json={"question": "Who?"},
+                                    headers={"Accept": "text/event-stream"}).get_data(as_text=True))
+    assert events[-1][0] == "error" and events[-1][1]["status"] == 503

@@ -183,6 +183,42 @@ def test_bad_input_shows_an_error_not_a_frozen_page(page):
     assert page.is_enabled("#search-button") and page.is_enabled("#ask-button")
 
 
+def test_ask_answers_and_a_citation_highlights_its_passage(browser, data_dir, encoder, generator, tmp_path):
+    app = create_app({"DATA_DIR": str(data_dir), "ENCODER_OBJECT": encoder, "GENERATOR_OBJECT": generator})
+    with BackgroundServer(app, "127.0.0.1", 0) as running:
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(running.url + "/")
+        page.fill("#q", "Who designed the Skerryvore lighthouse?")
+        page.fill("#k", "3")
+        page.click("#ask-button")
+        assert page.is_visible("#progress")  # progress shows while the answer is written
+        page.wait_for_selector("#answer-text a.citation", timeout=240_000)
+        assert page.is_hidden("#progress") and page.is_enabled("#ask-button")
+        answer = page.text_content("#answer-text")
+        assert "Stevenson" in answer
+        assert "citation" in page.text_content("#answer-meta")
+        assert page.get_attribute("#stat-generator", "data-state") == "loaded"
+
+        citation = page.locator("#answer-text a.citation").first
+        passage_id = citation.get_attribute("data-passage")
+        target = page.locator(f"#passage-{passage_id}")
+        assert "highlighted" not in (target.get_attribute("class") or "")
+        citation.click()
+        page.wait_for_selector(f"#passage-{passage_id}.highlighted")
+        assert target.locator(".hit-title").text_content() == "The Skerryvore lighthouse"
+        assert "Alan Stevenson" in target.locator(".hit-text").text_content()
+        page.wait_for_function(  # scrolled into view
+            f"(() => {{ const r = document.getElementById('passage-{passage_id}').getBoundingClientRect();"
+            " return r.top >= 0 && r.bottom <= window.innerHeight; })()")
+        assert page.locator(".hit.highlighted").count() == 1
+        save_screenshot(page, tmp_path, "answer-page.png")
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
 def save_screenshot(page, tmp_path: Path, name: str) -> Path:
     shot = tmp_path / name
     page.screenshot(path=str(shot), full_page=True)

@@ -1,6 +1,7 @@
 """The API against the real waitress server on a loopback port, and the `rag serve` command."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -173,3 +174,23 @@ def test_rag_serve_command_serves_the_library(data_dir):
         output, _ = proc.communicate(timeout=30)
     assert f"Serving on http://127.0.0.1:{port}/" in output
     assert "3 documents" in output
+
+
+def test_answer_streams_over_http_as_server_sent_events(data_dir, encoder, generator):
+    app = create_app({"DATA_DIR": str(data_dir), "ENCODER_OBJECT": encoder, "GENERATOR_OBJECT": generator})
+    with BackgroundServer(app, "127.0.0.1", 0) as running:
+        with requests.post(f"{running.url}/api/ask", json={"question": "How long is the Aletsch glacier?", "k": 2},
+                           headers={"Accept": "text/event-stream"}, stream=True, timeout=300) as response:
+            assert response.status_code == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            assert response.headers["Cache-Control"] == "no-cache"
+            names, answer = [], None
+            for line in response.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    names.append(line[7:])
+                elif line.startswith("data: ") and names[-1] == "answer":
+                    answer = json.loads(line[6:])
+    assert names[0] == "status" and names[-1] == "answer" and "error" not in names
+    assert names.index("token") < names.index("answer")  # pieces arrive before the whole answer
+    assert "23" in answer["answer"]
+    assert answer["citations"][0]["document"]["title"] == "Glacier notes"
