@@ -445,3 +445,15 @@ def test_a_missing_generator_is_reported_and_search_still_works(data_dir, encode
     events = sse_events(client.post("/api/ask", json={"question": "Who?"},
                                     headers={"Accept": "text/event-stream"}).get_data(as_text=True))
     assert events[-1][0] == "error" and events[-1][1]["status"] == 503
+
+
+def test_ask_with_the_fid_reader(ask_client):
+    # HyDE through the API is the same `hyde` flag passed to rag.answer.ask; it is left to the answer
+    # tests because writing four hypothetical passages costs over a minute on a small CPU.
+    response = ask_client.post("/api/ask", json={"question": "When was the Skerryvore lighthouse completed?",
+                                                 "k": 2, "reader": "fid", "hyde": False})
+    assert response.status_code == 200
+    answer = response.get_json()
+    assert "1844" in answer["answer"]
+    assert answer["citations"][0]["document"]["title"] == "The Skerryvore lighthouse"
+    assert answer["hyde"] == []
