@@ -17,8 +17,10 @@ def eval_group() -> None:
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 100), help="Passages per search.")
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
               help="Data directory for the server started when --url is not given (default ./rag-data).")
+@click.option("--plot", "plot", default=None, type=click.Path(dir_okay=False),
+              help="Also write a PNG of each request's latency over time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def load(url, clients, seconds, mode, k, data, as_json) -> None:
+def load(url, clients, seconds, mode, k, data, plot, as_json) -> None:
     """Concurrent clients searching through the web API: requests/s, p50/p95/p99 latency, errors."""
     import json
 
@@ -38,7 +40,13 @@ def load(url, clients, seconds, mode, k, data, as_json) -> None:
                 report = run_load(started, clients=clients, seconds=seconds, k=k, mode=mode)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
+    if plot:
+        from eval.load import plot_latency
+
+        plot_latency(report, plot)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
+    if plot and not as_json:
+        click.echo(f"plot: {plot}")
 
 
 def _names(value: str | None) -> list[str] | None:

@@ -48,9 +48,12 @@ class LoadReport:
     max_ms: float
     queries: int
     error_samples: list[str] = field(default_factory=list)
+    samples: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (start s, latency ms)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        del data["samples"]
+        return data
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -119,6 +122,7 @@ def run_load(url: str, clients: int = 20, seconds: float = 30.0, queries: list[s
     except requests.RequestException as exc:
         raise RagError(f"no server answering at {url}: {exc}") from exc
     latencies: list[list[float]] = [[] for _ in range(clients)]
+    started_at: list[list[float]] = [[] for _ in range(clients)]
     errors: list[list[str]] = [[] for _ in range(clients)]
     start = threading.Barrier(clients + 1)
     stop_at = [0.0]
@@ -142,6 +146,7 @@ def run_load(url: str, clients: int = 20, seconds: float = 30.0, queries: list[s
                 errors[i].append(problem)
             else:
                 latencies[i].append(elapsed)
+                started_at[i].append(t0)
         session.close()
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
@@ -154,6 +159,7 @@ def run_load(url: str, clients: int = 20, seconds: float = 30.0, queries: list[s
         t.join()
     wall = time.perf_counter() - began
     lat = np.array([x for per in latencies for x in per], dtype=np.float64) * 1000.0
+    when = np.array([x for per in started_at for x in per], dtype=np.float64) - began
     errs = [e for per in errors for e in per]
     pct = (lambda p: float(np.percentile(lat, p))) if len(lat) else (lambda p: float("nan"))
     return LoadReport(
@@ -164,6 +170,7 @@ def run_load(url: str, clients: int = 20, seconds: float = 30.0, queries: list[s
         mean_ms=round(float(lat.mean()), 1) if len(lat) else float("nan"),
         max_ms=round(float(lat.max()), 1) if len(lat) else float("nan"),
         queries=len(queries), error_samples=list(dict.fromkeys(errs))[:5],
+        samples=list(zip(when.round(4).tolist(), lat.round(2).tolist())),
     )
 
 
@@ -199,3 +206,29 @@ def check_has_documents(data: str | os.PathLike | None) -> None:
     if not count:
         raise RagError(f"no documents in {path.parent}: ingest some first (`rag ingest PATH`, or the demo "
                        "corpus from the README), or pass --url of a running server")
+
+
+def plot_latency(report: LoadReport, path: str | os.PathLike) -> Path:
+    """Each request's latency against when it started, with the p50/p95/p99 lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if report.samples:
+        when, latency = zip(*report.samples)
+        ax.scatter(when, latency, s=4, alpha=0.4, label="requests")
+    for value, name, style in ((report.p50_ms, "p50", "-"), (report.p95_ms, "p95", "--"), (report.p99_ms, "p99", ":")):
+        ax.axhline(value, linestyle=style, color="black", linewidth=1, label=f"{name} {value:.0f} ms")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("search latency (ms)")
+    ax.set_title(f"{report.clients} clients, {report.requests_per_s:.1f} requests/s, {report.errors} errors "
+                 f"(mode={report.mode}, k={report.k})")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
