@@ -194,3 +194,25 @@ def test_answer_streams_over_http_as_server_sent_events(data_dir, encoder, gener
     assert names.index("token") < names.index("answer")  # pieces arrive before the whole answer
     assert "23" in answer["answer"]
     assert answer["citations"][0]["document"]["title"] == "Glacier notes"
+
+
+def test_load_benchmark_counts_requests_and_errors(server, tmp_path):
+    from eval.load import format_report, plot_latency, run_load
+
+    report = run_load(server.url, clients=3, seconds=2, k=3, mode="keyword")
+    assert report.errors == 0 and report.error_samples == []
+    assert report.requests == len(report.samples) > 0
+    assert report.p50_ms <= report.p95_ms <= report.p99_ms <= report.max_ms
+    assert report.queries >= 3  # document titles from the server, topped up with fixed queries
+    assert "requests/s" in format_report(report)
+    assert plot_latency(report, tmp_path / "load.png").stat().st_size > 1000
+
+
+def test_load_benchmark_command(server):
+    result = CliRunner().invoke(main, ["eval", "load", "--url", server.url, "--clients", "2", "--seconds", "1",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["errors"] == 0 and report["requests"] > 0 and report["clients"] == 2
+    result = CliRunner().invoke(main, ["eval", "load", "--url", "http://127.0.0.1:9", "--seconds", "1"])
+    assert result.exit_code != 0 and "no server answering" in result.output
