@@ -86,3 +86,61 @@ def retrieval(dataset_dir, backends, modes, hyde, limit, split, data, as_json) -
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         click.echo(format_table(report))
+
+
+@eval_group.command("ingest")
+@click.option("--pages", default=60, show_default=True, type=click.IntRange(1, 600),
+              help="Python documentation pages for the throughput run (about 30 passages each).")
+@click.option("--index", "backend", default="hnsw", show_default=True, help="Vector index backend.")
+@click.option("--queries", default=50, show_default=True, type=click.IntRange(1, 50), help="Queries per mode.")
+@click.option("--no-latency", is_flag=True, help="Only the throughput run (skips the 10k-passage store).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Write a PNG plot here.")
+@click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
+              help="Data directory; the latency store is cached under <data>/bench/ (default ./rag-data).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def ingest_benchmark(pages, backend, queries, no_latency, plot_path, data, as_json) -> None:
+    """Ingest throughput against the raw encoder, and search latency p50/p95 per mode at 10k+ passages."""
+    import json
+    from pathlib import Path
+
+    from eval.ingest_bench import format_table, plot, run
+    from rag.config import data_dir
+    from rag.errors import RagError
+
+    try:
+        bench = run(data_dir(data), pages=pages, backend=backend, queries=queries, skip_latency=no_latency)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if plot_path:
+        plot(bench, Path(plot_path))
+    click.echo(json.dumps(bench.to_json(), indent=2) if as_json else format_table(bench))
+
+
+@eval_group.command("ann")
+@click.option("--vectors", "vectors_file", default=None, type=click.Path(dir_okay=False),
+              help="Your own vectors (.npy or .fvecs); default: real MiniLM vectors of the Python docs.")
+@click.option("--n", "n", default=None, type=click.IntRange(1000),
+              help="Vectors to index (default: 100,000 of the real corpus, or all of --vectors).")
+@click.option("--backends", default=None, help="Comma-separated backends (default: every one).")
+@click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
+              help="Data directory; vectors, results and the plot go under <data>/ann/ (default ./rag-data).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def ann(vectors_file, n, backends, data, as_json) -> None:
+    """ANN backends against exact search: build time, recall@1/@10, single-thread QPS, bytes/vector,
+    and the raw library call's QPS at the same parameters; writes a recall-vs-QPS PNG."""
+    import json
+
+    from eval.ann import benchmark, format_table
+    from indexes import available_backends
+    from rag.config import data_dir
+
+    chosen = _names(backends)
+    unknown = sorted(set(chosen or []) - set(available_backends()))
+    if unknown:
+        raise click.ClickException(f"unknown backend(s) {', '.join(unknown)}; available: {', '.join(available_backends())}")
+    try:
+        report, png = benchmark(data_dir(data), vectors_file, n, chosen, progress=lambda line: click.echo(line, err=True))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_table(report))
+    click.echo(f"plot: {png}", err=True)

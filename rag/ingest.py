@@ -6,10 +6,13 @@ transaction: a crash loses at most the batch in flight, and the next run redoes 
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import os
+import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +90,34 @@ def content_hash(title: str, text: str) -> str:
     return hashlib.sha256(f"{title}\x00{text}".encode("utf-8")).hexdigest()
 
 
+def text_window(encoder) -> int:
+    """Tokens the encoder reads for title + passage: its window less the special tokens it adds."""
+    tokenizer = encoder.tokenizer
+    special = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(tokenizer, "num_special_tokens_to_add") else 2
+    return int(encoder.max_tokens) - special
+
+
+def title_prefix(tokenizer, title: str, window: int, chunk_tokens: int) -> tuple[str, int]:
+    """The title as prefixed to each passage (cut to TITLE_MAX_TOKENS) and its token count; none when
+    it would leave the passage less than half its size."""
+    title = " ".join(title.split())
+    if not title:
+        return "", 0
+    offsets = tokenizer(title, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    if len(offsets) > TITLE_MAX_TOKENS:
+        title, offsets = title[: offsets[TITLE_MAX_TOKENS - 1][1]], offsets[:TITLE_MAX_TOKENS]
+    if window - len(offsets) < chunk_tokens // 2:
+        return "", 0
+    return title, len(offsets)
+
+
+def encoder_input(prefix: str, passage: str) -> str:
+    """What the encoder sees for a passage: the document title on its own line, then the passage.
+    The title gives a passage cut from a long page the context it lost (and matches how BEIR
+    benchmarks encode title + text)."""
+    return f"{prefix}\n{passage}" if prefix else passage
+
+
 # --- walking the file system -------------------------------------------------------------------
 
 
@@ -159,15 +190,15 @@ class _Ingester:
         self.collection = collection
         self.report = report
         tokenizer = self.encoder.tokenizer
-        special = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(tokenizer, "num_special_tokens_to_add") else 2
-        self.window = int(self.encoder.max_tokens) - special  # tokens available for title + passage
+        self.window = text_window(self.encoder)
         if chunk_tokens is not None and chunk_tokens < 16:
             raise RagError(f"--chunk-tokens must be at least 16, got {chunk_tokens}")
         self.chunk_tokens = min(chunk_tokens or self.window, self.window)
         self.overlap = DEFAULT_OVERLAP if overlap is None else overlap
         if self.overlap < 0 or self.overlap >= self.chunk_tokens:
             raise RagError(f"--overlap must be between 0 and the chunk size ({self.chunk_tokens}), got {overlap}")
-        self.tokenizer = tokenizer
+        # chunking runs on the reader thread: its own tokenizer copy, never shared with the encoder's
+        self.tokenizer = copy.deepcopy(tokenizer)
         self.pending: list[_Pending] = []
         self.pending_passages = 0
         self.bar = None
@@ -177,20 +208,10 @@ class _Ingester:
             self.bar = tqdm(total=0, unit="passage", desc="encoding", file=sys.stderr, dynamic_ncols=True)
 
     def _title_prefix(self, title: str) -> tuple[str, int]:
-        """The title as it is prefixed to each passage (cut to TITLE_MAX_TOKENS), and its token count."""
-        title = " ".join(title.split())
-        if not title:
-            return "", 0
-        enc = self.tokenizer(title, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-        if len(offsets) > TITLE_MAX_TOKENS:
-            title, offsets = title[: offsets[TITLE_MAX_TOKENS - 1][1]], offsets[:TITLE_MAX_TOKENS]
-        if self.window - len(offsets) < self.chunk_tokens // 2:
-            return "", 0
-        return title, len(offsets)
+        return title_prefix(self.tokenizer, title, self.window, self.chunk_tokens)
 
-    def add(self, source: Source) -> None:
-        """Chunk a source's documents; encode when enough passages are waiting."""
+    def prepare(self, source: Source) -> _Pending:
+        """Chunk a source's documents into encoder inputs (runs ahead on the reader thread)."""
         docs, texts = [], []
         for doc in source.docs:
             digest = content_hash(doc.title, doc.text)
@@ -202,9 +223,14 @@ class _Ingester:
                 prefix, prefix_tokens = self._title_prefix(doc.title)
                 budget = min(self.chunk_tokens, self.window - prefix_tokens)
                 new.spans = Chunker(self.tokenizer, budget, min(self.overlap, budget // 2)).chunk(doc.text)
-                texts += [f"{prefix}\n{doc.text[a:b]}" if prefix else doc.text[a:b] for a, b in new.spans]
+                texts += [encoder_input(prefix, doc.text[a:b]) for a, b in new.spans]
             docs.append(new)
-        self.pending.append(_Pending(source, docs, texts))
+        return _Pending(source, docs, texts)
+
+    def add(self, item: _Pending) -> None:
+        """Queue a prepared source; encode when enough passages are waiting."""
+        texts = item.texts
+        self.pending.append(item)
         self.pending_passages += len(texts)
         if self.bar is not None:
             self.bar.total += len(texts)
@@ -254,6 +280,47 @@ class _Ingester:
             self.bar.close()
 
 
+_DONE = object()
+
+
+def _read_ahead(items: Iterator, prepare, size: int = 64) -> Iterator:
+    """Run ``prepare`` over ``items`` on a background thread, at most ``size`` results ahead.
+
+    Parsing and chunking the next files then overlaps encoding the current batch (the encoder
+    and the parsers both release the GIL), which keeps the whole ingest close to the encoder's speed.
+    """
+    results: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                results.put(prepare(item))
+            results.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            results.put(exc)
+
+    thread = threading.Thread(target=work, name="rag-ingest-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = results.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue, then let it finish
+            try:
+                results.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
 def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, chunk_tokens, overlap,
          progress: bool, report: IngestReport, encode_batch: int = ENCODE_BATCH) -> IngestReport:
     if not collection or not str(collection).strip():
@@ -262,16 +329,22 @@ def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, 
     started = time.perf_counter()
     library.index  # load (or catch up) the index first, so each write can follow it
     ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress, encode_batch)
+
+    def prepare(item):
+        if isinstance(item, tuple):
+            return item  # a failure: (path, reason)
+        if library.store.source_state(item.key) == (item.hash, collection):
+            return None  # unchanged
+        return ingester.prepare(item)
+
     try:
-        for item in sources:
-            if isinstance(item, tuple):
-                report.fail(*item)
-                continue
-            state = library.store.source_state(item.key)
-            if state == (item.hash, collection):
+        for item in _read_ahead(sources, prepare):
+            if item is None:
                 report.skipped += 1
-                continue
-            ingester.add(item)
+            elif isinstance(item, tuple):
+                report.fail(*item)
+            else:
+                ingester.add(item)
         ingester.flush()
     finally:
         ingester.close()

@@ -1,0 +1,215 @@
+"""``rag eval ingest``: how close ingestion runs to the raw encoder, and how fast search answers.
+
+1. Throughput: ingest a few thousand real passages (Python documentation pages) into a fresh store,
+   timing the whole run (parse, chunk, encode, SQLite, FTS, index), then encode exactly the same
+   encoder inputs with a bare ``SentenceTransformer.encode`` call. The ratio is the ingest's
+   overhead; the target is >= 90% of raw.
+2. Latency: on a store of 10k+ passages (the whole Python documentation, ingested once and cached
+   under <data>/bench/), run each query once per mode and report p50/p95 per mode.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rag.errors import RagError
+
+PYTHON_DOCS = Path("/usr/share/doc/python3/html")
+
+# Questions a Python user might type; answered somewhere in the documentation.
+QUERIES = [
+    "how to read a csv file", "sort a list of dictionaries by key", "parse command line arguments",
+    "serialize an object to json", "run a subprocess and capture its output", "read environment variables",
+    "create a temporary directory", "format a date as a string", "regular expression named groups",
+    "thread pool executor map", "asyncio gather tasks concurrently", "open a file with a specific encoding",
+    "walk a directory tree recursively", "compute a sha256 hash of a file", "dataclass default factory",
+    "lru cache decorator", "context manager with statement", "difference between list and tuple",
+    "http request with urllib", "send an email with smtplib", "copy a file and its metadata",
+    "random sample without replacement", "decimal fixed point arithmetic", "logging to a file with rotation",
+    "unit test assert raises", "mock a function in tests", "type hints for a callable",
+    "enumerate with a start index", "zip two lists together", "f-string formatting of floats",
+    "pickle security warning", "sqlite3 parameterized queries", "socket server listening on a port",
+    "generator expression vs list comprehension", "itertools groupby consecutive keys",
+    "heap queue priority", "binary search in a sorted list", "named tuple fields", "abstract base class",
+    "property setter", "metaclass definition", "global interpreter lock", "virtual environment creation",
+    "install packages with pip", "exception chaining raise from", "string methods split and join",
+    "bytes to string decode", "path joining with pathlib", "time a small snippet of code", "zip file extraction",
+]
+
+
+@dataclass
+class IngestBench:
+    pages: int
+    passages: int
+    ingest_seconds: float
+    ingest_passages_per_s: float
+    encode_seconds_in_ingest: float
+    raw_seconds: float
+    raw_passages_per_s: float
+    ratio: float  # ingest passages/s / raw passages/s
+    latency_store_passages: int
+    latency_backend: str
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> p50_ms, p95_ms, mean_ms
+    queries: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def sample_pages(count: int, docs: Path = PYTHON_DOCS) -> list[Path]:
+    """``count`` library reference pages spread evenly over the alphabet (deterministic)."""
+    pages = sorted(p for p in (docs / "library").glob("*.html") if p.stat().st_size > 4000)
+    if not pages:
+        raise RagError(f"no Python documentation pages under {docs / 'library'}: install Debian's python3-doc")
+    step = max(1, len(pages) // count)
+    return pages[::step][:count]
+
+
+def encoder_inputs(library) -> list[str]:
+    """Exactly what ingestion gave the encoder, rebuilt from the store (title prefix + passage)."""
+    from rag.ingest import encoder_input, text_window, title_prefix
+
+    encoder = library.encoder
+    window = text_window(encoder)
+    inputs = []
+    for doc in library.store.documents():
+        prefix, _ = title_prefix(encoder.tokenizer, doc.title, window, window)
+        inputs += [encoder_input(prefix, p.text) for p in library.store.passages_of(doc.id)]
+    return inputs
+
+
+def measure_throughput(encoder, pages: list[Path], backend: str) -> tuple[dict, list[str]]:
+    """Whole ingest into a fresh store vs raw SentenceTransformer.encode on the same inputs."""
+    from rag.ingest import ingest_paths
+    from rag.library import open_library
+
+    with tempfile.TemporaryDirectory(prefix="rag-ingest-bench-") as tmp:
+        library = open_library(tmp, backend=backend, encoder=encoder)
+        report = ingest_paths(library, [str(p) for p in pages], progress=True)
+        if report.failed:
+            raise RagError(f"benchmark pages failed to ingest: {report.failures[:3]}")
+        inputs = encoder_inputs(library)
+        library.close()
+    model = encoder.model
+    started = time.perf_counter()
+    model.encode(inputs, batch_size=encoder.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                 show_progress_bar=True)
+    raw = time.perf_counter() - started
+    return {"passages": report.passages, "ingest_seconds": report.seconds,
+            "encode_seconds_in_ingest": report.encode_seconds, "raw_seconds": raw}, inputs
+
+
+def latency_store(data_dir: Path, encoder, backend: str):
+    """The whole Python documentation as one store (10k+ passages), ingested once and reused."""
+    from rag.ingest import ingest_paths
+    from rag.library import open_library
+
+    directory = data_dir / "bench" / "python-docs"
+    marker = directory / "complete.json"
+    library = open_library(directory, backend=backend, encoder=encoder)
+    if not marker.exists():
+        report = ingest_paths(library, [str(PYTHON_DOCS)], collection="python-docs", progress=True)
+        marker.write_text(json.dumps(report.to_json(), indent=2))
+    elif library.backend != backend:
+        library.rebuild_index(backend)
+    return library
+
+
+def measure_latency(library, queries: list[str], k: int = 10) -> dict[str, dict[str, float]]:
+    """Per mode: each query once after a warm-up, wall time of rag.search.search (query encoding included)."""
+    from rag.search import MODES, search
+
+    for mode in MODES:  # warm caches, load the index
+        search(library, queries[0], k=k, mode=mode)
+    out = {}
+    for mode in MODES:
+        times = []
+        for query in queries:
+            started = time.perf_counter()
+            search(library, query, k=k, mode=mode)
+            times.append((time.perf_counter() - started) * 1000)
+        out[mode] = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+                     "mean_ms": float(np.mean(times))}
+    return out
+
+
+def run(data_dir: Path, pages: int = 60, backend: str = "hnsw", queries: int = len(QUERIES),
+        skip_latency: bool = False) -> IngestBench:
+    from rag.encoders import load_encoder
+
+    encoder = load_encoder()
+    chosen = sample_pages(pages)
+    through, _ = measure_throughput(encoder, chosen, backend)
+    ingest_rate = through["passages"] / through["ingest_seconds"]
+    raw_rate = through["passages"] / through["raw_seconds"]
+    bench = IngestBench(
+        pages=len(chosen), passages=through["passages"], ingest_seconds=through["ingest_seconds"],
+        ingest_passages_per_s=ingest_rate, encode_seconds_in_ingest=through["encode_seconds_in_ingest"],
+        raw_seconds=through["raw_seconds"], raw_passages_per_s=raw_rate, ratio=ingest_rate / raw_rate,
+        latency_store_passages=0, latency_backend=backend,
+        notes=[f"{len(chosen)} pages of {PYTHON_DOCS / 'library'}; encoder {encoder.name}, batch {encoder.batch_size}",
+               "ingest: parse + chunk + encode + SQLite/FTS5 + index, model already loaded; "
+               "raw: SentenceTransformer.encode on the same encoder inputs"])
+    if not skip_latency:
+        library = latency_store(data_dir, encoder, backend)
+        bench.latency_store_passages = library.store.passage_count()
+        bench.latency = measure_latency(library, QUERIES[:queries])
+        bench.queries = min(queries, len(QUERIES))
+        bench.notes.append(f"latency store: {library.data_dir} ({bench.latency_store_passages} passages, "
+                           f"{library.backend}); k=10, one run per query after warm-up, query encoding included")
+        library.close()
+    return bench
+
+
+def format_table(bench: IngestBench) -> str:
+    lines = [
+        "throughput              passages   seconds   passages/s",
+        f"  rag ingest (whole)   {bench.passages:>8}  {bench.ingest_seconds:>8.1f}   {bench.ingest_passages_per_s:>10.1f}",
+        f"  raw encode           {bench.passages:>8}  {bench.raw_seconds:>8.1f}   {bench.raw_passages_per_s:>10.1f}",
+        f"  ingest / raw: {bench.ratio * 100:.1f}%  (target >= 90%; encoding took "
+        f"{bench.encode_seconds_in_ingest:.1f} s of the ingest)",
+    ]
+    if bench.latency:
+        lines += ["", f"search latency at {bench.latency_store_passages} passages ({bench.latency_backend}, "
+                      f"{bench.queries} queries, k=10)",
+                  "  mode        p50 ms    p95 ms   mean ms"]
+        for mode, row in bench.latency.items():
+            lines.append(f"  {mode:<9} {row['p50_ms']:>8.1f}  {row['p95_ms']:>8.1f}  {row['mean_ms']:>8.1f}")
+    lines += [""] + [f"note: {n}" for n in bench.notes]
+    return "\n".join(lines)
+
+
+def plot(bench: IngestBench, path: Path) -> Path:
+    """Two panels: passages/s (ingest vs raw) and latency p50/p95 per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    bars = left.bar(["rag ingest", "raw encode"], [bench.ingest_passages_per_s, bench.raw_passages_per_s],
+                    color=["tab:blue", "tab:gray"])
+    left.bar_label(bars, fmt="%.1f")
+    left.set_ylabel("passages / s")
+    left.set_title(f"{bench.passages} passages: {bench.ratio * 100:.0f}% of raw")
+    if bench.latency:
+        modes = list(bench.latency)
+        xs = np.arange(len(modes))
+        for offset, key in ((-0.2, "p50_ms"), (0.2, "p95_ms")):
+            b = right.bar(xs + offset, [bench.latency[m][key] for m in modes], 0.4, label=key[:3])
+            right.bar_label(b, fmt="%.0f", fontsize=8)
+        right.set_xticks(xs, modes)
+        right.set_ylabel("ms")
+        right.set_title(f"search latency, {bench.latency_store_passages} passages")
+        right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
