@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate as validate_spec
 
 from rag.ingest import ingest_paths
 from rag.library import open_library
@@ -100,21 +102,25 @@ def test_openapi_describes_every_api_route(client):
             served |= {(path, m.lower()) for m in rule.methods if m not in ("HEAD", "OPTIONS")}
     assert served == described
     assert spec["components"]["schemas"]["AskRequest"]["properties"]["mode"]["enum"] == ["dense", "keyword", "hybrid"]
-    for item in spec["paths"].values():  # every $ref resolves
-        for ref in _refs(item):
-            assert ref.split("/")[-1] in spec["components"]["schemas"]
+    validate_spec(spec)  # a valid OpenAPI 3 document, every $ref resolving
 
 
-def _refs(node):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "$ref":
-                yield value
-            else:
-                yield from _refs(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _refs(value)
+def check_schema(client, body: dict, name: str) -> None:
+    """The body is valid against the named schema of the served OpenAPI description."""
+    spec = client.get("/api/openapi.json").get_json()
+    OAS30Validator({"$ref": f"#/components/schemas/{name}", "components": spec["components"]}).validate(body)
+
+
+def test_responses_match_their_openapi_schemas(client):
+    def check(body, name):
+        check_schema(client, body, name)
+
+    check(client.get("/api/search?q=glacier&k=2").get_json(), "SearchResult")
+    check(client.get("/api/stats").get_json(), "Stats")
+    check(client.get("/healthz").get_json(), "Health")
+    check(client.get("/api/documents").get_json(), "DocumentList")
+    check(client.get("/api/documents/1").get_json(), "DocumentText")
+    check(client.get("/api/search?q=").get_json(), "Error")
 
 
 # --- search -------------------------------------------------------------------------------------
@@ -251,6 +257,7 @@ def test_upload_reports_each_file_and_the_new_file_is_searchable(writable):
     assert by_name["volcano.txt"]["status"] == "added" and by_name["volcano.txt"]["passages"] >= 1
     assert by_name["blank.txt"]["status"] == "failed" and "empty" in by_name["blank.txt"]["reason"]
     assert by_name["photo.png"]["status"] == "failed" and by_name["photo.png"]["reason"]
+    check_schema(client, body, "UploadResult")
 
     status, found = search(client, q="lava lake in Antarctica", k=1, mode="hybrid")
     assert found["results"][0]["document"]["title"] == "Volcano notes"
@@ -300,6 +307,7 @@ def test_delete_removes_the_document_everywhere(writable):
     response = client.delete(f"/api/documents/{doc_id}")
     assert response.status_code == 200
     assert response.get_json()["deleted"]["title"] == "Comet notes"
+    check_schema(client, response.get_json(), "Deleted")
     assert not saved.exists()
     assert client.get(f"/api/documents/{doc_id}").status_code == 404
     for mode in ("dense", "keyword", "hybrid"):
@@ -405,6 +413,7 @@ def test_ask_answers_with_a_citation_to_the_right_passage(ask_client):
     assert f"[{cited[lighthouse['passage_id']]['n']}]" in answer["answer"]
     assert "skerryvore" in lighthouse["matched_terms"]
     assert ask_client.get("/api/stats").get_json()["generator"]["state"] == "loaded"
+    check_schema(ask_client, answer, "Answer")
 
 
 def test_ask_streams_status_tokens_and_the_answer(ask_client):
