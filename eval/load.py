@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -72,15 +73,17 @@ def local_server(data: str | os.PathLike | None, threads: int = 8, timeout: floa
         cmd += ["--data", str(data)]
     env = dict(os.environ)
     env.pop("RAG_API_TOKEN", None)
-    log = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE, text=True, env=env,
+    # The server's output goes to a file (a pipe nobody reads would fill up and stall it).
+    log = tempfile.TemporaryFile(mode="w+", prefix="rag-serve-")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=str(Path(__file__).resolve().parent.parent))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RagError(f"the server exited before answering: {(proc.stderr.read() or '').strip()[-800:]}")
+                log.seek(0)
+                raise RagError(f"the server exited before answering: {log.read().strip()[-800:]}")
             try:
                 if requests.get(url + "/healthz", timeout=2).ok:
                     break
