@@ -31,9 +31,15 @@ def hypothetical_passages(question: str, generator, n: int = DEFAULT_N, temperat
     text = prompt.format(question=question.strip())
     if n <= 0:
         return []
-    outputs = generator.generate([text] * n, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 stop=STOP, seed=seed)
-    return [o.strip() for o in outputs if o.strip()]
+    passages: list[str] = []
+    for attempt in range(3):  # a sample can end at once (a blank line first); draw again for those
+        missing = n - len(passages)
+        if missing <= 0:
+            break
+        outputs = generator.generate([text] * missing, max_new_tokens=max_new_tokens, temperature=temperature,
+                                     stop=STOP, seed=None if seed is None else seed + attempt)
+        passages += [o.strip() for o in outputs if o.strip()]
+    return passages
 
 
 def hyde_vector(question: str, encoder, generator, n: int = DEFAULT_N, temperature: float = DEFAULT_TEMPERATURE,
