@@ -465,8 +465,8 @@ class Store:
         """Remove a document by id or path (every record of a multi-record file when given the file);
         returns the passage ids that left the store."""
         with self.lock:
-            doc_ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE source = ? OR path = ?",
-                                                        (str(key), str(key)))]
+            doc_ids = [] if isinstance(key, int) else [r[0] for r in self.conn.execute(
+                "SELECT id FROM documents WHERE source = ? OR path = ?", (str(key), str(key)))]
             if not doc_ids and str(key).isdigit():
                 doc_ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE id = ?", (int(key),))]
             if not doc_ids:
