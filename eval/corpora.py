@@ -143,6 +143,19 @@ if __name__ == "__main__":  # quick look: python -m eval.corpora [N]
         print("-", text[:120])
 
 
+def _cached_part(parts_dir: Path, start: int, stop: int) -> np.ndarray | None:
+    """Rows start..stop from any cached part that begins at ``start`` and reaches ``stop``
+    (passages come in a stable order, so a longer run's parts serve a shorter one)."""
+    for path in parts_dir.glob(f"python-docs-minilm-{start}-*.npy"):
+        try:
+            end = int(path.stem.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if end >= stop:
+            return np.load(path)[: stop - start]
+    return None
+
+
 def encoded_passages(count: int, cache_dir: Path, encoder=None, chunk: int = 5000,
                      progress: bool = True) -> np.ndarray:
     """(count, dim) float32 embeddings of the first ``count`` real passages, cached as .npy.
@@ -154,26 +167,31 @@ def encoded_passages(count: int, cache_dir: Path, encoder=None, chunk: int = 500
     final = cache_dir / f"python-docs-minilm-{count}.npy"
     if final.is_file():
         return np.load(final, mmap_mode="r")
-    if encoder is None:
-        from rag.encoders import load_encoder
-
-        encoder = load_encoder()
-    texts = real_passages(count)
-    if len(texts) < count:
-        raise ValueError(f"only {len(texts)} real passages found on this machine, {count} asked for")
     parts_dir = cache_dir / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
+    texts: list[str] | None = None
     parts = []
     for start in range(0, count, chunk):
-        part = parts_dir / f"python-docs-minilm-{start}-{min(start + chunk, count)}.npy"
-        if not part.is_file():
+        stop = min(start + chunk, count)
+        part = _cached_part(parts_dir, start, stop)
+        if part is None:
             if progress:
-                print(f"encoding passages {start}..{min(start + chunk, count)} of {count}", file=sys.stderr, flush=True)
-            vectors = encoder.encode(texts[start : start + chunk])
-            tmp = part.with_suffix(".tmp.npy")
+                print(f"encoding passages {start}..{stop} of {count}", file=sys.stderr, flush=True)
+            if texts is None:
+                texts = real_passages(count)
+                if len(texts) < count:
+                    raise ValueError(f"only {len(texts)} real passages found on this machine, {count} asked for")
+            if encoder is None:
+                from rag.encoders import load_encoder
+
+                encoder = load_encoder()
+            vectors = encoder.encode(texts[start:stop])
+            path = parts_dir / f"python-docs-minilm-{start}-{stop}.npy"
+            tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, vectors)
-            os.replace(tmp, part)
-        parts.append(np.load(part))
+            os.replace(tmp, path)
+            part = vectors
+        parts.append(part)
     vectors = np.concatenate(parts).astype(np.float32, copy=False)
     tmp = final.with_suffix(".tmp.npy")
     np.save(tmp, vectors)

@@ -286,20 +286,28 @@ class SlotTable:
         return table
 
 
+def best_per_query(query_rows: np.ndarray, scores: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the best ``limit`` entries of each query in flat candidate lists, grouped by
+    query and best first, and each one's rank within its query."""
+    order = np.lexsort((-scores, query_rows))
+    sorted_rows = query_rows[order]
+    first = np.searchsorted(sorted_rows, sorted_rows, side="left")
+    rank = np.arange(len(order)) - first
+    keep = rank < limit
+    return order[keep], rank[keep]
+
+
 def top_k_by_query(query_rows: np.ndarray, slots: np.ndarray, scores: np.ndarray, nq: int, k: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Best k (slot, score) per query from flat candidate lists: query_rows[i] owns slots[i]."""
+    """Best k (slot, score) per query from flat candidate lists: query_rows[i] owns slots[i].
+    Returns (nq, k) slots and scores, -1 / -inf where a query has fewer than k candidates."""
     out_slots = np.full((nq, k), -1, dtype=np.int64)
     out_scores = np.full((nq, k), MISSING_SCORE, dtype=np.float32)
     if not len(slots):
         return out_slots, out_scores
-    order = np.lexsort((-scores, query_rows))
-    query_rows, slots, scores = query_rows[order], slots[order], scores[order]
-    starts = np.searchsorted(query_rows, np.arange(nq))
-    rank = np.arange(len(query_rows)) - starts[query_rows]
-    keep = rank < k
-    out_slots[query_rows[keep], rank[keep]] = slots[keep]
-    out_scores[query_rows[keep], rank[keep]] = scores[keep]
+    positions, rank = best_per_query(query_rows, scores, k)
+    out_slots[query_rows[positions], rank] = slots[positions]
+    out_scores[query_rows[positions], rank] = scores[positions]
     return out_slots, out_scores
 
 

@@ -51,6 +51,13 @@ class KDTreeIndex(BaseIndex):
         self.tree: cKDTree | None = None
         self.built_upto = 0  # the tree holds slots [0, built_upto); later ones are pending
 
+    def set_rerank(self, rerank: int) -> None:
+        """Tree candidates re-ranked exactly: the recall/speed trade-off, without rebuilding."""
+        if not isinstance(rerank, int) or rerank <= 0:
+            raise ValueError(f"kdtree parameter rerank must be a positive integer, got {rerank!r}")
+        with self.lock.writing():
+            self.rerank = self.params["rerank"] = rerank
+
     def _fit_pca(self, live: np.ndarray) -> None:
         sample = live if len(live) <= PCA_SAMPLE else np.sort(
             np.random.default_rng(0).choice(live, PCA_SAMPLE, replace=False))

@@ -111,6 +111,13 @@ class PQIndex(BaseIndex):
     def _encode(self, vectors: np.ndarray, slots: np.ndarray) -> None:
         self.codes.add(vectors)  # IndexPQ labels are positions, which equal slots
 
+    def set_rerank(self, rerank: int) -> None:
+        """Candidates re-ranked with full vectors (0: code scores only), without rebuilding."""
+        if not isinstance(rerank, int) or rerank < 0:
+            raise ValueError(f"{self.name} parameter rerank must be >= 0, got {rerank!r}")
+        with self.lock.writing():
+            self.rerank = self.params["rerank"] = rerank
+
     @property
     def is_trained(self) -> bool:
         return self.codes is not None
