@@ -20,10 +20,10 @@ from werkzeug.utils import secure_filename
 
 from rag.errors import RagError
 from rag.records import Answer, Hit
+from rag.snippets import query_terms, term_spans
 from web.errors import ApiError
 from web.openapi import openapi_document
 from web.security import write_endpoint
-from web.terms import matched_terms
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("web")
@@ -142,6 +142,11 @@ def json_body() -> dict:
 
 
 # --- shapes ---------------------------------------------------------------------------------------
+
+def matched_terms(query: str, text: str) -> list[str]:
+    """The query's words found in the text, by the same stem rule the CLI uses to mark them."""
+    return [term for term in query_terms(query) if term_spans(text, term)]
+
 
 def hit_json(hit: Hit, query: str) -> dict:
     data = hit.to_json()

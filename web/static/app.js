@@ -85,17 +85,19 @@ function showError(message) {
 
 const WORD = /[\p{L}\p{N}_]+/gu;
 
-function sameWord(term, word) {
-  return term === word || word === term + "s" || word === term + "es" || term === word + "s" || term === word + "es";
+// The stem rule of rag/snippets.py: a word matches a term when it starts with the term's stem.
+function stem(term) {
+  return term.length <= 4 ? term : term.slice(0, Math.max(4, term.length - 3));
 }
 
 // Append text to parent, wrapping the words that match one of the terms in <mark>.
 function appendMarked(parent, text, terms) {
   if (!terms || !terms.length) { parent.append(text); return; }
+  const stems = terms.map(stem);
   let last = 0;
   for (const match of text.matchAll(WORD)) {
     const word = match[0].toLowerCase();
-    if (terms.some((t) => sameWord(t, word))) {
+    if (stems.some((s) => word.startsWith(s))) {
       parent.append(text.slice(last, match.index), el("mark", { text: match[0] }));
       last = match.index + match[0].length;
     }
