@@ -38,8 +38,11 @@ def resolve_generator(generator, library):
 def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = False, reader: str = "prompt",
         generator=None, where: dict[str, str] | None = None, on_token: Callable[[str], None] | None = None,
         max_new_tokens: int | None = None, min_relevance: float = MIN_RELEVANCE, seed: int | None = 0,
-        hyde_n: int | None = None) -> Answer:
-    """Answer ``question`` from the library's passages, citing them; says so when they do not hold the answer."""
+        hyde_n: int | None = None, **reader_options) -> Answer:
+    """Answer ``question`` from the library's passages, citing them; says so when they do not hold the answer.
+
+    ``reader_options`` go to the reader (e.g. ``context_tokens`` for prompt, ``passage_tokens`` for fid).
+    """
     from rag.hyde import DEFAULT_N, hyde_vector
     from rag.readers import DEFAULT_MAX_NEW_TOKENS, get_reader
     from rag.search import search
@@ -71,7 +74,7 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
     if hits and max(scores) >= min_relevance:
         t = time.perf_counter()
         reading = read(question, hits, generator, max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                       on_token=on_token, seed=seed)
+                       on_token=on_token, seed=seed, **reader_options)
         timings["generate"] = time.perf_counter() - t
         if reading.cited and reading.text:
             citations = [Citation(n=n, hit=hits[n - 1]) for n in reading.cited]

@@ -158,9 +158,10 @@ def build_prompt(question: str, hits: list[Hit], generator, context_tokens: int 
 
 def read_with_prompt(question: str, hits: list[Hit], generator, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                      on_token: Callable[[str], None] | None = None, seed: int | None = 0,
-                     context_tokens: int = 1536) -> Reading:
+                     context_tokens: int = 1536, passage_tokens: int = 320) -> Reading:
     """Numbered passages in one prompt; the generator names the passage it answers from."""
-    prompt, used = build_prompt(question, hits, generator, context_tokens=context_tokens)
+    prompt, used = build_prompt(question, hits, generator, context_tokens=context_tokens,
+                                passage_tokens=passage_tokens)
     if on_token:
         pieces: list[str] = []
 
