@@ -228,3 +228,28 @@ def save_screenshot(page, tmp_path: Path, name: str) -> Path:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(target) / name)
     return shot
+
+
+def test_with_a_token_the_page_asks_for_it_before_writing(browser, encoder, tmp_path):
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "ENCODER_OBJECT": encoder, "API_TOKEN": "page-token-123"})
+    note = tmp_path / "tokened.txt"
+    note.write_text("Token note\n\nUploaded with the API token typed into the page.\n", encoding="utf-8")
+    with BackgroundServer(app, "127.0.0.1", 0) as running:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(running.url + "/")
+        assert page.is_visible("#api-token")
+        assert "page-token-123" not in page.content()
+        page.set_input_files("#upload-files", [str(note)])
+        page.click("#upload-button")
+        page.wait_for_selector("#upload-results li.failed")
+        assert "Bearer" in page.text_content("#upload-results")
+        page.fill("#api-token", "page-token-123")
+        page.set_input_files("#upload-files", [str(note)])
+        page.click("#upload-button")
+        page.wait_for_selector("#upload-results li.added")
+        doc_id = page.evaluate("fetch('/api/documents?limit=1000').then(r => r.json())"
+                               ".then(b => b.documents.find(d => d.title === 'Token note').id)")
+        status = page.evaluate(f"fetch('/api/documents/{doc_id}', {{method: 'DELETE'}}).then(r => r.status)")
+        assert status == 401  # a script on the page without the token cannot delete
+        context.close()

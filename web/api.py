@@ -225,7 +225,8 @@ def _ask(params: dict, on_token=None, on_status=None) -> Answer:
         on_status("Waiting for another answer to finish…")
     with res.generate_lock:
         if on_status:
-            on_status("Retrieving passages and writing the answer…")
+            on_status("Writing hypothetical passages (HyDE), then retrieving and answering…" if params["hyde"]
+                      else "Retrieving passages and writing the answer…")
         return ask(res.library, params["question"], k=params["k"], mode=params["mode"], hyde=params["hyde"],
                    reader=params["reader"], generator=generator, where=params["where"], on_token=on_token)
 
