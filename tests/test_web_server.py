@@ -216,3 +216,22 @@ def test_load_benchmark_command(server):
     assert report["errors"] == 0 and report["requests"] > 0 and report["clients"] == 2
     result = CliRunner().invoke(main, ["eval", "load", "--url", "http://127.0.0.1:9", "--seconds", "1"])
     assert result.exit_code != 0 and "no server answering" in result.output
+
+
+def test_the_server_sees_documents_another_process_ingests(server, data_dir, encoder, tmp_path):
+    """`rag ingest` while `rag serve` runs: the next search reopens the library and finds the new passages."""
+    query = {"q": "Which river flows through the Grand Canyon?", "k": 1, "mode": "dense"}
+    before = requests.get(f"{server.url}/api/search", params=query, timeout=60).json()
+    assert before["results"][0]["document"]["title"] != "Canyon notes"
+    note = tmp_path / "canyon.txt"
+    note.write_text("Canyon notes\n\nThe Colorado River carved the Grand Canyon in Arizona.\n", encoding="utf-8")
+    other = open_library(data_dir, encoder=encoder)  # as a separate `rag ingest` would
+    try:
+        assert ingest_paths(other, [str(note)]).added == 1
+        after = requests.get(f"{server.url}/api/search", params=query, timeout=60).json()
+        assert after["results"][0]["document"]["title"] == "Canyon notes"
+        other.remove_document(str(note))
+    finally:
+        other.close()
+    gone = requests.get(f"{server.url}/api/search", params=dict(query, k=5), timeout=60).json()
+    assert "Canyon notes" not in [r["document"]["title"] for r in gone["results"]]

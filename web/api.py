@@ -389,8 +389,12 @@ def upload_documents():
     if not files:
         raise ApiError(400, "no file in the multipart field 'file'")
     collection = _collection_name(request.form.get("collection"))
-    with resources().write_lock:
-        results = [_ingest_upload(f, collection) for f in files]
+    res = resources()
+    with res.write_lock:
+        try:
+            results = [_ingest_upload(f, collection) for f in files]
+        finally:
+            res.wrote()
     counts = {s: sum(r["status"] == s for r in results) for s in ("added", "updated", "skipped", "failed")}
     body = dict(counts, files=results)
     if counts["failed"] == len(results):
@@ -405,7 +409,10 @@ def delete_document(doc_id: int):
     res = resources()
     with res.write_lock:
         doc = _document(doc_id)
-        res.library.remove_document(doc_id)
+        try:
+            res.library.remove_document(doc_id)
+        finally:
+            res.wrote()
         uploaded = Path(doc.path)
         folder = upload_dir().resolve()
         if uploaded.parent.resolve() == folder and uploaded.is_file():

@@ -22,6 +22,7 @@ class Resources:
         self.generator_options = dict(config.get("GENERATOR_OPTIONS") or {})
         self._encoder = config.get("ENCODER_OBJECT")
         self._library = config.get("LIBRARY")
+        self._generation = self._library.store.generation() if self._library is not None else -1
         self._generator = config.get("GENERATOR_OBJECT")
         self.generator_error: str | None = None
         self.generator_loading = False
@@ -32,15 +33,33 @@ class Resources:
 
     @property
     def library(self):
-        """The shared Library, opened on first use."""
-        if self._library is None:
-            with self._open_lock:
-                if self._library is None:
-                    from rag.library import open_library
+        """The shared Library, opened on first use, reopened when another process changed the store.
 
-                    self._library = open_library(data=self.data_dir, model=self.model, backend=self.backend,
-                                                 encoder=self._encoder)
+        A `rag ingest` or `rag rm` run while the server is up writes the database, which the server
+        sees at once, but not this process's in-memory vector index. Each store write bumps the
+        store's generation; when it moves without one of our own writes, the library is reopened,
+        which catches the index up from the stored embeddings. Requests already running keep the old one.
+        """
+        library = self._library
+        if library is None or (not self.write_lock.locked() and library.store.generation() != self._generation):
+            with self._open_lock:
+                if self._library is library:
+                    self._library = self._open(library)
         return self._library
+
+    def _open(self, previous):
+        from rag.library import open_library
+
+        encoder = self._encoder or getattr(previous, "_encoder", None)
+        library = open_library(data=self.data_dir, model=self.model, backend=self.backend, encoder=encoder)
+        if previous is not None:
+            library.index  # noqa: B018 - catch the index up now, once, rather than in a search
+        self._generation = library.store.generation()
+        return library
+
+    def wrote(self) -> None:
+        """Call after our own write (under write_lock): the library already follows it."""
+        self._generation = self._library.store.generation()
 
     def preload(self) -> None:
         """Load the encoder and index now, so the first search does not pay for it."""
