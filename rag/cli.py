@@ -57,7 +57,7 @@ def _megabytes(n: int) -> str:
               help="Path recorded for '-' (stdin); its extension picks the format, e.g. notes.md.")
 @click.option("--batch-passages", default=2048, show_default=True, type=click.IntRange(1),
               help="Passages gathered across files per encode call (bigger is faster, smaller commits sooner).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @model_option
 @data_option
@@ -70,6 +70,7 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
     replaced. Bad files are reported with the reason; the exit status is 1 if any failed.
     """
     import json
+    import sys
 
     from rag.errors import RagError
     from rag.ingest import ingest_paths
@@ -80,7 +81,8 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
                           text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else [])
     try:
         report = ingest_paths(library, list(paths), collection=collection, include=include, exclude=exclude,
-                              chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, progress=not no_progress,
+                              chunk_tokens=chunk_tokens, overlap=overlap, prune=prune,
+                              progress=not no_progress and sys.stderr.isatty(),
                               options=options, max_bytes=int(max_size * 1024 * 1024), stdin_name=stdin_name,
                               default_excludes=not no_default_excludes, encode_batch=batch_passages)
     except RagError as exc:
