@@ -89,16 +89,20 @@ def retrieval(dataset_dir, backends, modes, hyde, limit, split, data, as_json) -
 
 
 @eval_group.command("ingest")
-@click.option("--pages", default=60, show_default=True, type=click.IntRange(1, 600),
-              help="Python documentation pages for the throughput run (about 30 passages each).")
+@click.option("--pages", default=150, show_default=True, type=click.IntRange(1, 600),
+              help="Python documentation pages for the throughput run (about 15 passages each).")
 @click.option("--index", "backend", default="hnsw", show_default=True, help="Vector index backend.")
 @click.option("--queries", default=50, show_default=True, type=click.IntRange(1, 50), help="Queries per mode.")
 @click.option("--no-latency", is_flag=True, help="Only the throughput run (skips the 10k-passage store).")
+@click.option("--no-throughput", is_flag=True, help="Only the latency run.")
+@click.option("--search-data", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Measure latency on this existing data directory instead of the cached 12k-passage store.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Write a PNG plot here.")
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
               help="Data directory; the latency store is cached under <data>/bench/ (default ./rag-data).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def ingest_benchmark(pages, backend, queries, no_latency, plot_path, data, as_json) -> None:
+def ingest_benchmark(pages, backend, queries, no_latency, no_throughput, search_data, plot_path, data,
+                     as_json) -> None:
     """Ingest throughput against the raw encoder, and search latency p50/p95 per mode at 10k+ passages."""
     import json
     from pathlib import Path
@@ -108,7 +112,8 @@ def ingest_benchmark(pages, backend, queries, no_latency, plot_path, data, as_js
     from rag.errors import RagError
 
     try:
-        bench = run(data_dir(data), pages=pages, backend=backend, queries=queries, skip_latency=no_latency)
+        bench = run(data_dir(data), pages=pages, backend=backend, queries=queries, skip_latency=no_latency,
+                    skip_throughput=no_throughput, search_data=Path(search_data) if search_data else None)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     if plot_path:
@@ -158,13 +163,14 @@ def ann(vectors_file, n, backends, data, as_json) -> None:
 @click.option("--scaling-questions", default=4, show_default=True, type=click.IntRange(1, 100),
               help="Questions timed at each k.")
 @click.option("--generator", default="local", show_default=True, help="Generator engine or model directory.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N questions.")
 @click.option("--docs", "docs_root", default="/usr/share/doc/python3/html", show_default=True,
               type=click.Path(file_okay=False), help="The Python documentation HTML (python3-doc).")
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
               help="Data directory; the docs store and results go under <data>/bench/ (default ./rag-data).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def answer(questions_path, readers, no_hyde, k, mode, hyde_n, scaling_ks, scaling_questions, generator, docs_root,
-           data, as_json) -> None:
+def answer(questions_path, readers, no_hyde, k, mode, hyde_n, scaling_ks, scaling_questions, generator, limit,
+           docs_root, data, as_json) -> None:
     """Answer quality (containment, token F1, citation correctness) and latency per reader, with and
     without HyDE, on questions over the Python docs; then FiD vs prompt latency as k grows (PNG plot)."""
     import json
@@ -179,7 +185,8 @@ def answer(questions_path, readers, no_hyde, k, mode, hyde_n, scaling_ks, scalin
         bench = run(root, questions_path or QUESTIONS, readers=tuple(_names(readers) or ["prompt", "fid"]),
                     hyde_options=(False,) if no_hyde else (False, True), k=k, mode=mode, hyde_n=hyde_n,
                     scaling_ks=tuple(int(v) for v in _names(scaling_ks) or []), scaling_questions=scaling_questions,
-                    generator=generator, docs_root=Path(docs_root), progress=lambda line: click.echo(line, err=True))
+                    generator=generator, docs_root=Path(docs_root), limit=limit,
+                    progress=lambda line: click.echo(line, err=True))
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     saved = save(bench, root / "bench")
