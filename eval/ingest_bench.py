@@ -231,22 +231,27 @@ def plot(bench: IngestBench, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    bars = left.bar(["rag ingest", "raw encode"], [bench.ingest_passages_per_s, bench.raw_passages_per_s],
-                    color=["tab:blue", "tab:gray"])
-    left.bar_label(bars, fmt="%.1f")
-    left.set_ylabel("passages / s")
-    left.set_title(f"{bench.passages} passages: {bench.ratio * 100:.0f}% of raw")
-    if bench.latency:
-        modes = list(bench.latency)
-        xs = np.arange(len(modes))
-        for offset, key in ((-0.2, "p50_ms"), (0.2, "p95_ms")):
-            b = right.bar(xs + offset, [bench.latency[m][key] for m in modes], 0.4, label=key[:3])
-            right.bar_label(b, fmt="%.0f", fontsize=8)
-        right.set_xticks(xs, modes)
-        right.set_ylabel("ms")
-        right.set_title(f"search latency, {bench.latency_store_passages} passages")
-        right.legend()
+    panels = (["throughput"] if bench.passages else []) + (["latency"] if bench.latency else [])
+    if not panels:
+        raise RagError("nothing to plot: both runs were skipped")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "throughput":
+            bars = ax.bar(["rag ingest", "raw encode"], [bench.ingest_passages_per_s, bench.raw_passages_per_s],
+                          color=["tab:blue", "tab:gray"])
+            ax.bar_label(bars, fmt="%.1f")
+            ax.set_ylabel("passages / s")
+            ax.set_title(f"{bench.passages} passages: {bench.ratio * 100:.0f}% of raw")
+        else:
+            modes = list(bench.latency)
+            xs = np.arange(len(modes))
+            for offset, key in ((-0.2, "p50_ms"), (0.2, "p95_ms")):
+                b = ax.bar(xs + offset, [bench.latency[m][key] for m in modes], 0.4, label=key[:3])
+                ax.bar_label(b, fmt="%.0f", fontsize=8)
+            ax.set_xticks(xs, modes)
+            ax.set_ylabel("ms")
+            ax.set_title(f"search latency, {bench.latency_store_passages} passages")
+            ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
