@@ -83,7 +83,10 @@ def load_html(path: str, data: bytes, options: LoadOptions) -> list[SourceDocume
     if not markup.strip():
         return [SourceDocument(uri=path, title=Path(path).name, text="")]
     try:
-        tree = lxml_html.fromstring(markup)
+        try:
+            tree = lxml_html.fromstring(markup)
+        except ValueError:  # XHTML with an <?xml encoding=...?> declaration: lxml wants the bytes
+            tree = lxml_html.fromstring(data)
     except Exception as exc:  # lxml raises several types for broken markup
         raise LoadError(f"cannot parse HTML: {exc}") from exc
     title = " ".join((tree.findtext(".//title") or "").split()) or Path(path).name
@@ -190,7 +193,7 @@ Loader = Callable[[str, bytes, LoadOptions], list[SourceDocument]]
 LOADERS: dict[str, Loader] = {
     ".txt": load_text, ".text": load_text, ".rst": load_text,
     ".md": load_markdown, ".markdown": load_markdown,
-    ".html": load_html, ".htm": load_html,
+    ".html": load_html, ".htm": load_html, ".xhtml": load_html,
     ".pdf": load_pdf,
     ".jsonl": load_jsonl, ".ndjson": load_jsonl,
     ".json": load_json,
