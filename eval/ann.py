@@ -212,7 +212,7 @@ def _raw_kdtree(index, queries, k):
     if index.tree is None:
         return None
     want = max(k, index.rerank)
-    return lambda: index.tree.query(index._reduce(queries), k=want, eps=index.eps)
+    return lambda: index.tree.query(index._reduce(queries, query=True), k=want, eps=index.eps)
 
 
 def sweeps(dim: int) -> list[Sweep]:

@@ -449,7 +449,10 @@ class BaseIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, manifest: dict) -> "BaseIndex":
-        index = cls(manifest["dim"], manifest["metric"], **manifest["params"])
+        try:
+            index = cls(manifest["dim"], manifest["metric"], **manifest["params"])
+        except (TypeError, ValueError) as exc:
+            raise IndexFileError(f"index manifest {Path(directory) / MANIFEST}: bad {cls.name} parameters: {exc}") from exc
         index._load_files(Path(directory), manifest)
         if len(index) != manifest["count"]:
             raise IndexFileError(

@@ -19,6 +19,19 @@ DELETED_FILE = "deleted.npy"
 SPACES = {"cosine": "ip", "ip": "ip", "l2": "l2"}  # cosine vectors arrive normalised
 
 
+def hnsw_file_dim(path: Path) -> int:
+    """The dimension recorded in an hnswlib file's header (hnswlib itself trusts the caller):
+    six size_t fields, of which label_offset - offset_data is the vector's size in bytes."""
+    header = path.read_bytes()[:48] if path.stat().st_size >= 48 else b""
+    if len(header) < 48:
+        raise IndexFileError(f"index file is corrupt: {path}: too short for an hnswlib index")
+    fields = np.frombuffer(header, dtype=np.uint64)
+    size = int(fields[4]) - int(fields[5])
+    if size <= 0 or size % 4:
+        raise IndexFileError(f"index file is corrupt: {path}: bad hnswlib header")
+    return size // 4
+
+
 def hnsw_similarities(distances: np.ndarray, metric: str) -> np.ndarray:
     """hnswlib 'ip' distance is 1 - dot, 'l2' is the squared distance."""
     return (-distances if metric == "l2" else 1.0 - distances).astype(np.float32)
@@ -128,14 +141,15 @@ class HnswIndex(BaseIndex):
     def _load_files(self, directory: Path, manifest: dict) -> None:
         path = require_file(directory, INDEX_FILE)
         deleted_path = require_file(directory, DELETED_FILE)
+        stored_dim = hnsw_file_dim(path)
+        if stored_dim != self.dim:
+            raise IndexFileError(f"index file {path} holds dimension {stored_dim}, the manifest says {self.dim}")
         graph = hnswlib.Index(space=SPACES[self.metric], dim=self.dim)
         try:
             graph.load_index(str(path), max_elements=0)
             deleted = np.load(deleted_path)
         except (RuntimeError, ValueError, OSError) as exc:
             raise IndexFileError(f"index file is corrupt: {path}: {exc}") from exc
-        if graph.dim != self.dim:
-            raise IndexFileError(f"index file {path} holds dimension {graph.dim}, the manifest says {self.dim}")
         graph.set_ef(self.ef_search)
         graph.set_num_threads(1)
         self.index = graph

@@ -4,8 +4,8 @@ In 384 dimensions a KD-tree checks nearly every leaf, so the tree is built over 
 ``pca_dims`` principal components, where it prunes well; it returns ``rerank`` candidates
 (best-bin-first with an ``eps`` approximation bound: a returned neighbour is at most 1+eps
 farther than the true one in the reduced space), and those are re-ranked by exact similarity.
-Reduced-space distance is Euclidean for every metric, exact for cosine (normalised vectors)
-and an approximation for ``ip``, which the exact re-ranking corrects as far as candidates allow.
+Reduced-space distance is Euclidean: for cosine (normalised vectors) and l2 that is the metric
+itself; ``ip`` is first turned into a Euclidean problem by one extra coordinate (see _tree_space).
 
 The tree is static, so vectors added after a build wait in a small exact "pending" range,
 searched by brute force, until they reach a tenth of the tree; then the tree (and, as the
@@ -45,8 +45,10 @@ class KDTreeIndex(BaseIndex):
         self.pca_dims, self.rerank, self.eps, self.leafsize = min(pca_dims, self.dim), rerank, float(eps), leafsize
         self.slots = SlotTable()
         self.vectors = SlotVectors(self.dim)
-        self.mean = np.zeros(self.dim, dtype=np.float32)
-        self.components = np.zeros((self.dim, 0), dtype=np.float32)  # (dim, pca_dims)
+        self.space_dim = self.dim + 1 if self.metric == "ip" else self.dim
+        self.max_norm = 0.0  # ip only: the norm the augmentation is relative to
+        self.mean = np.zeros(self.space_dim, dtype=np.float32)
+        self.components = np.zeros((self.space_dim, 0), dtype=np.float32)  # (space_dim, pca_dims)
         self.fitted_at = 0
         self.tree: cKDTree | None = None
         self.built_upto = 0  # the tree holds slots [0, built_upto); later ones are pending
@@ -61,7 +63,10 @@ class KDTreeIndex(BaseIndex):
     def _fit_pca(self, live: np.ndarray) -> None:
         sample = live if len(live) <= PCA_SAMPLE else np.sort(
             np.random.default_rng(0).choice(live, PCA_SAMPLE, replace=False))
-        data = np.asarray(self.vectors.take(sample), dtype=np.float64)
+        raw = np.asarray(self.vectors.take(sample))
+        if self.metric == "ip":
+            self.max_norm = float(np.linalg.norm(raw, axis=1).max())
+        data = self._tree_space(raw, query=False).astype(np.float64)
         self.mean = data.mean(axis=0)
         centered = data - self.mean
         _, vectors = np.linalg.eigh(centered.T @ centered)  # ascending eigenvalues
@@ -69,8 +74,20 @@ class KDTreeIndex(BaseIndex):
         self.mean = self.mean.astype(np.float32)
         self.fitted_at = len(live)
 
-    def _reduce(self, vectors: np.ndarray) -> np.ndarray:
-        return (vectors - self.mean) @ self.components
+    def _tree_space(self, vectors: np.ndarray, query: bool) -> np.ndarray:
+        """For ``ip``, the classic reduction of inner product search to Euclidean search: append
+        sqrt(M^2 - |x|^2) to each vector (M the largest norm) and 0 to each query; the nearest
+        augmented vector is then the one of largest inner product."""
+        if self.metric != "ip":
+            return vectors
+        if query:
+            extra = np.zeros((len(vectors), 1), dtype=np.float32)
+        else:
+            extra = np.sqrt(np.maximum(self.max_norm**2 - (vectors * vectors).sum(axis=1, keepdims=True), 0))
+        return np.hstack([vectors, extra.astype(np.float32)])
+
+    def _reduce(self, vectors: np.ndarray, query: bool = False) -> np.ndarray:
+        return (self._tree_space(vectors, query) - self.mean) @ self.components
 
     def _rebuild(self) -> None:
         """Compact, refit PCA when the collection doubled, build the tree over everything."""
@@ -113,7 +130,7 @@ class KDTreeIndex(BaseIndex):
             want = max(k, self.rerank)
             dead_in_tree = self.built_upto - int((self.slots.ids[: self.built_upto] >= 0).sum())
             fetch = min(self.built_upto, math.ceil(want * self.built_upto / max(1, self.built_upto - dead_in_tree)))
-            _, positions = self.tree.query(self._reduce(queries), k=fetch, eps=self.eps)
+            _, positions = self.tree.query(self._reduce(queries, query=True), k=fetch, eps=self.eps)
             positions = positions.reshape(len(queries), fetch)
             rows, cols = np.nonzero(positions < self.built_upto)  # missing neighbours come back as n
             rows_parts.append(rows)
@@ -139,6 +156,7 @@ class KDTreeIndex(BaseIndex):
 
     def _save_files(self, directory: Path) -> None:
         np.savez(directory / STATE_FILE, slots=self.slots.state(), mean=self.mean, components=self.components,
+                 max_norm=np.float64(self.max_norm),
                  fitted_at=np.int64(self.fitted_at), built_upto=np.int64(self.built_upto))
         self.vectors.save(directory / VECTORS_FILE)
 
@@ -148,13 +166,14 @@ class KDTreeIndex(BaseIndex):
             with np.load(path, allow_pickle=False) as state:
                 self.slots = SlotTable.from_state(state["slots"])
                 self.mean, self.components = state["mean"], state["components"]
+                self.max_norm = float(state["max_norm"])
                 self.fitted_at, built_upto = int(state["fitted_at"]), int(state["built_upto"])
         except (OSError, ValueError, KeyError) as exc:
             raise IndexFileError(f"index file is corrupt: {path}: {exc}") from exc
         self.vectors = SlotVectors.load(require_file(directory, VECTORS_FILE), self.dim, memory_mapped=False)
         if self.vectors.size != self.slots.size or built_upto > self.slots.size:
             raise IndexFileError(f"index files {path} and {directory / VECTORS_FILE} disagree on the count")
-        if built_upto and self.components.shape != (self.dim, self.pca_dims):
+        if built_upto and self.components.shape != (self.space_dim, self.pca_dims):
             raise IndexFileError(f"index file {path}: PCA components of shape {self.components.shape}, "
-                                 f"expected {(self.dim, self.pca_dims)}")
+                                 f"expected {(self.space_dim, self.pca_dims)}")
         self._build_tree(built_upto)  # deterministic: the same tree as before saving

@@ -1,0 +1,324 @@
+"""Every registered index backend, on real sentence embeddings of real text (the Python docs)."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from eval.corpora import real_passages
+from indexes import available_backends, create_index, load_index
+from indexes.base import IndexFileError
+
+BACKENDS = available_backends()
+# recall@10 against exact search with default parameters (issue: hnsw >= 0.95, others >= 0.85)
+RECALL_FLOOR = {"flat": 0.999, "hnsw": 0.95}
+# small collections: make pq/ivfpq train (their default keeps vectors exact below 10,000)
+SMALL_PARAMS = {"pq": {"train_size": 1000}, "ivfpq": {"train_size": 1000}}
+N_BASE, N_QUERIES, BATCH = 1800, 200, 300
+
+
+@pytest.fixture(scope="session")
+def corpus(encoder):
+    """2,000 real passages spread over the Python docs, encoded once: 1,800 indexed, 200 asked."""
+    texts = real_passages(20000)[::10][: N_BASE + N_QUERIES]
+    vectors = encoder.encode(texts)
+    rng = np.random.default_rng(7)
+    order = rng.permutation(len(vectors))
+    base, queries = vectors[order[:N_BASE]], vectors[order[N_BASE:]]
+    ids = rng.choice(10**9, N_BASE, replace=False).astype(np.int64)  # caller ids, not row numbers
+    exact = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+    return {"base": base, "queries": queries, "ids": ids, "truth": ids[exact]}
+
+
+def build(name, corpus, **params):
+    """Added in batches of a few hundred from empty, as the store does."""
+    params = {**SMALL_PARAMS.get(name, {}), **params}
+    index = create_index(name, corpus["base"].shape[1], **params)
+    for start in range(0, N_BASE, BATCH):
+        index.add(corpus["ids"][start : start + BATCH], corpus["base"][start : start + BATCH])
+    return index
+
+
+def recall(found, truth):
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def built(request, corpus):
+    return request.param, build(request.param, corpus)
+
+
+def test_registry_names_every_backend():
+    assert {"flat", "lsh", "pq", "ivfpq", "kdtree", "hnsw"} <= set(BACKENDS)
+    with pytest.raises(ValueError, match="unknown index backend"):
+        create_index("nope", 8)
+
+
+def test_recall_against_exact(built, corpus):
+    name, index = built
+    assert len(index) == N_BASE
+    ids, scores = index.search(corpus["queries"], 10)
+    assert ids.shape == scores.shape == (N_QUERIES, 10)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    assert recall(ids, corpus["truth"]) >= RECALL_FLOOR.get(name, 0.85)
+    assert (np.diff(scores, axis=1) <= 1e-6).all(), "best first"
+
+
+def test_scores_are_exact_similarities(built, corpus):
+    name, index = built
+    ids, scores = index.search(corpus["queries"][:20], 5)
+    row_of = {int(i): r for r, i in enumerate(corpus["ids"])}
+    for q, (row_ids, row_scores) in enumerate(zip(ids, scores)):
+        expected = corpus["base"][[row_of[int(i)] for i in row_ids]] @ corpus["queries"][q]
+        np.testing.assert_allclose(row_scores, expected, atol=2e-3)
+
+
+def test_single_query_and_padding(built, corpus):
+    name, index = built
+    ids, scores = index.search(corpus["queries"][0], 3)
+    assert ids.shape == (1, 3)
+    small = create_index(name, corpus["base"].shape[1])
+    small.add(corpus["ids"][:4], corpus["base"][:4])
+    ids, scores = small.search(corpus["queries"][:2], 6)
+    assert (ids[:, :4] >= 0).all() and (ids[:, 4:] == -1).all()
+    assert np.isneginf(scores[:, 4:]).all()
+    assert set(ids[0, :4]) == set(corpus["ids"][:4])
+
+
+def test_save_load_gives_same_results(built, corpus, tmp_path):
+    name, index = built
+    before_ids, before_scores = index.search(corpus["queries"], 10)
+    index.save(tmp_path / "index")
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert manifest["backend"] == name and manifest["dim"] == 384 and manifest["count"] == N_BASE
+    assert manifest["metric"] == "cosine" and manifest["format_version"] == 1
+    loaded = load_index(tmp_path / "index")
+    assert type(loaded) is type(index) and len(loaded) == N_BASE
+    after_ids, after_scores = loaded.search(corpus["queries"], 10)
+    np.testing.assert_array_equal(after_ids, before_ids)
+    np.testing.assert_allclose(after_scores, before_scores, atol=1e-5)
+    index.save(tmp_path / "index")  # saving again replaces the directory whole
+    assert len(load_index(tmp_path / "index")) == N_BASE
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_removed_ids_never_come_back(name, corpus, tmp_path):
+    index = build(name, corpus)
+    few = corpus["ids"][:10]  # a few: tombstones
+    index.remove(few)
+    index.remove(few)  # idempotent
+    index.remove([123])  # never added: ignored
+    assert len(index) == N_BASE - 10
+    many = corpus["ids"][10:800]  # many: compaction for backends without native delete
+    index.remove(many)
+    assert len(index) == N_BASE - 800
+    gone = set(corpus["ids"][:800].tolist())
+    ids, _ = index.search(np.concatenate([corpus["queries"], corpus["base"][:800]]), 10)
+    assert not gone & set(ids.ravel().tolist())
+    assert (ids[:, 0] >= 0).all()
+    index.save(tmp_path / "i")
+    ids, _ = load_index(tmp_path / "i").search(corpus["base"][:800], 10)
+    assert not gone & set(ids.ravel().tolist())
+    index.remove(corpus["ids"])
+    assert len(index) == 0
+    ids, scores = index.search(corpus["queries"][:3], 5)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_re_adding_an_id_replaces_its_vector(name, corpus):
+    index = build(name, corpus)
+    target = int(corpus["ids"][5])
+    moved = corpus["queries"][0]  # id `target` now holds the vector of query 0
+    index.add([target], moved[None])
+    assert len(index) == N_BASE
+    ids, scores = index.search(moved, 1)
+    assert ids[0, 0] == target and scores[0, 0] == pytest.approx(1.0, abs=1e-3)
+    ids, scores = index.search(corpus["base"][5], 10)  # its old vector no longer matches it exactly
+    hits = dict(zip(ids[0].tolist(), scores[0].tolist()))
+    assert hits.get(target, -1.0) < 0.999
+    index.remove([target])
+    index.add([target], corpus["base"][5][None])  # and a removed id can come back
+    assert index.search(corpus["base"][5], 1)[0][0, 0] == target
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_empty_index(name):
+    index = create_index(name, 16)
+    assert len(index) == 0
+    ids, scores = index.search(np.ones((2, 16), dtype=np.float32), 4)
+    assert ids.shape == (2, 4) and (ids == -1).all() and np.isneginf(scores).all()
+
+
+BAD_INPUTS = {
+    "wrong dimension": lambda ix: ix.add([1], np.ones((1, 15))),
+    "query dimension": lambda ix: ix.search(np.ones(17), 1),
+    "NaN": lambda ix: ix.add([1], np.full((1, 16), np.nan)),
+    "infinity": lambda ix: ix.search(np.full(16, np.inf), 1),
+    "length mismatch": lambda ix: ix.add([1, 2, 3], np.ones((2, 16))),
+    "duplicate ids": lambda ix: ix.add([4, 4], np.ones((2, 16))),
+    "k zero": lambda ix: ix.search(np.ones(16), 0),
+    "k negative": lambda ix: ix.search(np.ones(16), -3),
+    "negative id": lambda ix: ix.add([-1], np.ones((1, 16))),
+    "3-d vectors": lambda ix: ix.add([1], np.ones((1, 1, 16))),
+    "float ids": lambda ix: ix.add([1.5], np.ones((1, 16))),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_bad_input_is_a_clear_value_error(name, case):
+    index = create_index(name, 16)
+    index.add([7], np.arange(16, dtype=np.float32)[None] + 1)
+    with pytest.raises(ValueError) as info:
+        BAD_INPUTS[case](index)
+    assert str(info.value)
+    assert len(index) == 1 and index.search(np.ones(16), 1)[0][0, 0] == 7  # still consistent
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_other_metrics(name, metric, corpus):
+    """Unnormalised vectors: higher score is still better, and agrees with exact search."""
+    scale = np.random.default_rng(1).uniform(0.5, 2.0, (N_BASE, 1)).astype(np.float32)
+    base = corpus["base"] * scale
+    queries = corpus["queries"][:50]
+    if metric == "ip":
+        exact = queries @ base.T
+    else:
+        exact = -((queries[:, None, :] - base[None]) ** 2).sum(-1)
+    truth = corpus["ids"][np.argsort(-exact, axis=1)[:, :10]]
+    index = build(name, {**corpus, "base": base}, metric=metric)
+    ids, scores = index.search(queries, 10)
+    assert recall(ids, truth) >= RECALL_FLOOR.get(name, 0.8)
+    row_of = {int(i): r for r, i in enumerate(corpus["ids"])}
+    expected = np.take_along_axis(exact, np.vectorize(row_of.get)(ids), axis=1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_missing_or_corrupt_files_are_clear_errors(name, corpus, tmp_path):
+    index = build(name, corpus)
+    directory = tmp_path / "index"
+    index.save(directory)
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+
+    manifest_path.write_text("{not json")
+    with pytest.raises(IndexFileError, match="manifest.json"):
+        load_index(directory)
+    manifest_path.write_text(json.dumps({**manifest, "dim": 128}))
+    with pytest.raises(IndexFileError, match="index"):
+        load_index(directory)
+    manifest_path.write_text(json.dumps({**manifest, "count": 5}))
+    with pytest.raises(IndexFileError, match="manifest.json"):
+        load_index(directory)
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(IndexFileError, match="format version"):
+        load_index(directory)
+    manifest_path.write_text(json.dumps({**manifest, "backend": "nope"}))
+    with pytest.raises(IndexFileError, match="unknown backend"):
+        load_index(directory)
+    manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "metric"}))
+    with pytest.raises(IndexFileError, match="metric"):
+        load_index(directory)
+    manifest_path.unlink()
+    with pytest.raises(IndexFileError, match="manifest.json"):
+        load_index(directory)
+    with pytest.raises(IndexFileError, match="not found"):
+        load_index(tmp_path / "nowhere")
+
+    directory = tmp_path / "again"
+    index.save(directory)
+    largest = max((p for p in directory.iterdir() if p.name != "manifest.json"), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:100])
+    with pytest.raises(IndexFileError, match=largest.name):
+        load_index(directory)
+    largest.unlink()
+    with pytest.raises(IndexFileError, match=largest.name):
+        load_index(directory)
+
+
+def test_save_refuses_to_overwrite_other_files(corpus, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    index = create_index("flat", 384)
+    with pytest.raises(ValueError, match="other files"):
+        index.save(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_concurrent_searches_with_adds_and_removes(name, corpus):
+    index = build(name, corpus)
+    extra_ids = np.arange(10**9 + 1, 10**9 + 601, dtype=np.int64)
+    extra = corpus["base"][:600] * 0.5 + corpus["queries"][:1] * 0.5
+    all_ids = set(corpus["ids"].tolist()) | set(extra_ids.tolist())
+    errors: list[BaseException] = []
+    results: list[np.ndarray] = []
+
+    def searcher(offset):
+        try:
+            for i in range(15):
+                ids, scores = index.search(corpus["queries"][(offset + i) % N_QUERIES :][:8], 10)
+                results.append(ids)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def writer():
+        try:
+            for start in range(0, 600, 100):
+                index.add(extra_ids[start : start + 100], extra[start : start + 100])
+                index.remove(corpus["ids"][start : start + 50])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher, args=(i * 13,)) for i in range(4)] + [threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(results) == 60
+    for ids in results:
+        assert set(ids.ravel().tolist()) <= all_ids and (ids[:, 0] >= 0).all()
+    removed = np.concatenate([np.arange(start, start + 50) for start in range(0, 600, 100)])
+    assert len(index) == N_BASE + 600 - len(removed)
+    ids, _ = index.search(corpus["base"][removed], 10)
+    assert not set(corpus["ids"][removed].tolist()) & set(ids.ravel().tolist())
+
+
+@pytest.mark.parametrize("name", ["pq", "ivfpq"])
+def test_product_quantization_training_and_memory(name, corpus, tmp_path):
+    index = create_index(name, 384)
+    with pytest.raises(ValueError, match=r"needs at least \d+ vectors"):
+        index.train()  # nothing to train on yet
+    index.add(corpus["ids"][:100], corpus["base"][:100])  # below train_size: exact, untrained
+    assert not index.is_trained
+    assert index.search(corpus["base"][3], 1)[0][0, 0] == corpus["ids"][3]
+    with pytest.raises(ValueError, match=r"needs at least 256 vectors .* got 100"):
+        index.train()
+    index.add(corpus["ids"][100:], corpus["base"][100:])
+    index.train()
+    assert index.is_trained
+    assert index.code_bytes() * 8 <= 4 * 384
+    assert isinstance(index.vectors._data, np.memmap)  # re-ranking reads a memory-mapped file
+    assert index.memory_bytes() < N_BASE * 4 * 384 / 8
+    ids, _ = index.search(corpus["queries"], 10)
+    assert recall(ids, corpus["truth"]) >= 0.85
+    index.save(tmp_path / "i")
+    loaded = load_index(tmp_path / "i")
+    assert isinstance(loaded.vectors._data, np.memmap)
+    np.testing.assert_array_equal(loaded.search(corpus["queries"], 10)[0], ids)
+    loaded.add([42], corpus["queries"][0][None])  # a loaded index copies before writing
+    assert loaded.search(corpus["queries"][0], 1)[0][0, 0] == 42
+    np.testing.assert_array_equal(load_index(tmp_path / "i").search(corpus["queries"], 10)[0], ids)
+
+
+def test_pq_trains_itself_once_enough_vectors_arrive(corpus):
+    index = create_index("ivfpq", 384, train_size=1000)
+    index.add(corpus["ids"][:900], corpus["base"][:900])
+    assert not index.is_trained
+    index.add(corpus["ids"][900:1200], corpus["base"][900:1200])
+    assert index.is_trained and len(index) == 1200
