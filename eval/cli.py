@@ -193,3 +193,35 @@ def answer(questions_path, readers, no_hyde, k, mode, hyde_n, scaling_ks, scalin
     png = plot(bench, root / "bench" / "answer-latency.png") if bench.scaling else None
     click.echo(json.dumps(bench.to_json(), indent=2) if as_json else format_table(bench))
     click.echo(f"results: {saved}" + (f"\nplot: {png}" if png else ""), err=True)
+
+
+@eval_group.command("report")
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.option("--backends", default=None, help="Comma-separated vector backends (default: every one).")
+@click.option("--modes", default=None, help="Comma-separated modes: dense,keyword,hybrid (default: all).")
+@click.option("--hyde", is_flag=True, help="Also evaluate retrieval with HyDE query vectors.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate only the first N judged queries.")
+@click.option("--split", default="test", show_default=True, help="The qrels file: qrels/SPLIT.tsv.")
+@click.option("--ann/--no-ann", default=True, show_default=True,
+              help="Benchmark the vector backends on the dataset's passage embeddings.")
+@click.option("--answers", default=5, show_default=True, type=click.IntRange(0),
+              help="Questions for the answer evaluation when a generator is available (0 skips it).")
+@click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
+              help="Data directory; the report is written to <data>/eval/ (default ./rag-data).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's path and every part's results as JSON.")
+def report(dataset_dir, backends, modes, hyde, limit, split, ann, answers, data, as_json) -> None:
+    """One HTML report (tables and plots inline) for a BEIR-format dataset: retrieval quality per
+    backend x mode, the ANN benchmark on its passage embeddings, and answer quality when a
+    generator is available."""
+    import json
+
+    from eval.report import build_report
+    from rag.errors import RagError
+
+    try:
+        path, summary = build_report(dataset_dir, data=data, backends=_names(backends), modes=_names(modes),
+                                     hyde=hyde, limit=limit, split=split, ann=ann, answers=answers,
+                                     progress=lambda line: click.echo(line, err=True))
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({"report": str(path), **summary}, indent=2) if as_json else f"report: {path}")

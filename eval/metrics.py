@@ -37,10 +37,12 @@ def per_query(qrels: Qrels, run: Run, recall_cutoffs: tuple[int, ...] = ()) -> d
     if not queries:
         raise ValueError("no query has a relevant document: nothing to evaluate")
     judged = {q: {d: int(g) for d, g in qrels[q].items()} for q in queries}
-    full = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in queries}
-    top10 = {q: {d: full[q][d] for d in trec_order(full[q])[:10]} for q in queries}
-
     cutoffs = sorted({10, 100, *recall_cutoffs})
+    # Every measure stops at a cutoff, so the run can stop there too (in trec_eval's own order).
+    ranked = {q: trec_order(run.get(q, {}))[: cutoffs[-1]] for q in queries}
+    full = {q: {d: float(run[q][d]) for d in ranked[q]} for q in queries}
+    top10 = {q: {d: full[q][d] for d in ranked[q][:10]} for q in queries}
+
     measures = {"ndcg_cut.10", "map_cut.100", "recall." + ",".join(map(str, cutoffs))}
     main = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(full)
     mrr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)

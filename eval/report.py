@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rag.errors import RagError
+
 
 @dataclass
 class Section:
@@ -67,3 +69,97 @@ def write_report(path: Path, title: str, sections: list[Section]) -> Path:
     tmp.write_text(render_html(title, sections), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+RETRIEVAL_COLUMNS = ["backend", "mode", "hyde", "ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100", "qps"]
+
+
+def retrieval_section(report) -> Section:
+    """The retrieval evaluation (an eval.retrieval.RetrievalReport) as a report section."""
+    rows = []
+    for row in report.rows:
+        cells = row.to_json()
+        cells["backend"] = cells["backend"] or "— (keyword)"
+        rows.append(cells)
+    title = (f"Retrieval quality: {report.dataset.name} ({report.dataset.split}), "
+             f"{len(report.dataset.corpus):,} documents, {report.queries} queries")
+    return Section(title, RETRIEVAL_COLUMNS, rows, list(report.plots), list(report.notes))
+
+
+ANN_COLUMNS = ["backend", "setting", "default", "build_s", "recall_at_1", "recall_at_10", "qps", "bytes_per_vector"]
+ANSWER_COLUMNS = ["reader", "hyde", "questions", "contains", "f1", "citation", "retrieval", "refusal",
+                  "latency_mean", "hyde_mean"]
+MIN_ANN_VECTORS = 500
+
+
+def ann_section(store, out_dir: Path, backends: list[str] | None = None, max_queries: int = 1000,
+                progress=None) -> tuple[Section, object | None]:
+    """The ANN benchmark (eval.ann) over the dataset's own stored passage embeddings."""
+    from eval.ann import plot, run_benchmark, split_queries
+
+    _, vectors = store.library.store.embeddings()
+    title = "Vector index backends on this dataset's passage embeddings"
+    if len(vectors) < MIN_ANN_VECTORS:
+        return Section(title, notes=[f"skipped: {len(vectors)} passage vectors are too few for a meaningful "
+                                     f"benchmark (at least {MIN_ANN_VECTORS})"]), None
+    n_queries = min(max_queries, len(vectors) // 10)
+    base, queries = split_queries(vectors, None, n_queries=n_queries)
+    report = run_benchmark(base, queries, f"{store.directory.name} passages", backends, progress or (lambda line: None))
+    png = plot(report, out_dir / f"ann-{store.directory.name}.png")
+    rows = [{c: getattr(run, c) for c in ANN_COLUMNS} for run in report.runs]
+    notes = [f"{report.n:,} vectors indexed, {report.n_queries:,} held-out passage vectors as queries, "
+             "recall against exact search, single-thread queries/s; default = the parameters create_index uses"]
+    notes += [f"[{'met' if met else 'MISSED'}] {target}: {how}" for target, met, how in report.targets]
+    return Section(title, ANN_COLUMNS, rows, [png], notes), report
+
+
+def answer_section(data_dir: Path, questions: int, progress=None) -> tuple[Section, object | None]:
+    """The answer evaluation (eval.answer_bench) on its Python-docs questions, when a generator loads."""
+    from eval import answer_bench
+    from rag.generators import load_generator
+
+    title = "Answers (prompt reader, default generator, questions over the Python docs)"
+    try:
+        load_generator("local", data_dir=data_dir)
+    except RagError as exc:
+        return Section(title, notes=[f"skipped: no generator available ({exc})"]), None
+    bench = answer_bench.run(data_dir, readers=("prompt",), hyde_options=(False,), scaling_ks=(),
+                             limit=questions, progress=progress)
+    rows = [{c: config.get(c) for c in ANSWER_COLUMNS} for config in bench.configs]
+    notes = [f"{bench.settings['questions']}: first {questions} questions, generator {bench.settings['generator']}, "
+             f"k={bench.settings['k']}, {bench.settings['mode']} retrieval; contains/F1/citation/retrieval over "
+             "answerable questions, refusal over unanswerable ones (see `rag eval answer` for the full run)"]
+    return Section(title, ANSWER_COLUMNS, rows, [], notes), bench
+
+
+def build_report(dataset_dir: str | Path, data=None, backends: list[str] | None = None,
+                 modes: list[str] | None = None, hyde: bool = False, limit: int | None = None,
+                 split: str = "test", ann: bool = True, answers: int = 5, progress=None) -> tuple[Path, dict]:
+    """Retrieval evaluation, ANN benchmark and (when a generator loads) answer evaluation in one HTML file.
+
+    Returns the page's path and a JSON summary of every part (None for a part skipped).
+    """
+    from eval.retrieval import evaluate_retrieval
+    from rag.config import data_dir as resolve_data_dir
+
+    root = resolve_data_dir(data)
+    say = progress or (lambda line: None)
+    say("retrieval evaluation")
+    retrieval = evaluate_retrieval(dataset_dir, data=root, backends=backends, modes=modes, hyde=hyde, limit=limit,
+                                   split=split, progress=progress is not None)
+    sections = [retrieval_section(retrieval)]
+    summary: dict = {"retrieval": retrieval.to_json(), "ann": None, "answers": None}
+    plots_dir = root / "eval" / "plots"
+    if ann:
+        say("ANN benchmark on the dataset's passage embeddings")
+        section, ann_report = ann_section(retrieval.store, plots_dir, backends, progress=say)
+        sections.append(section)
+        summary["ann"] = ann_report.to_json() if ann_report else None
+    if answers > 0:
+        say("answer evaluation")
+        section, bench = answer_section(root, answers, progress=say)
+        sections.append(section)
+        summary["answers"] = [{k: v for k, v in c.items() if k != "rows"} for c in bench.configs] if bench else None
+    path = root / "eval" / f"report-{retrieval.dataset.name}-{retrieval.dataset.split}.html"
+    write_report(path, f"rag evaluation report: {retrieval.dataset.name}", sections)
+    return path, summary

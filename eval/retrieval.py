@@ -182,10 +182,8 @@ def pool_documents(ranked: list[tuple[int, float]], passage_docs: dict[int, list
     scores: dict[str, float] = {}
     for pid, score in ranked:
         for doc in passage_docs.get(pid, ()):
-            if doc not in scores:
-                scores[doc] = float(score)
-            elif score > scores[doc]:
-                scores[doc] = float(score)
+            if score > scores.get(doc, -np.inf):
+                scores[doc] = score
     return scores
 
 

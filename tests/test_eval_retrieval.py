@@ -179,6 +179,23 @@ def test_the_long_document_was_split_and_found(evaluated):
     assert "documents split into several passages (1 here)" in table
 
 
+def test_report_is_one_self_contained_html_page(evaluated):
+    dataset, data, _, _ = evaluated
+    result = CliRunner().invoke(main, ["eval", "report", str(dataset), "--data", str(data), "--modes", "dense,keyword",
+                                       "--backends", "flat", "--answers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    page = Path(summary["report"])
+    assert page == data / "eval" / "report-tiny-test.html"
+    html = page.read_text()
+    assert html.count('src="data:image/png;base64,') == 2  # nDCG bars and recall curves, inline
+    assert "<td>flat</td><td>dense</td><td>no</td><td>1.0000</td>" in html
+    assert "max-pooling" in html and "too few for a meaningful benchmark" in html  # 24 vectors: no ANN run
+    assert "http" not in html.replace("http-equiv", "")  # nothing fetched from elsewhere
+    assert [r["mode"] for r in summary["retrieval"]["results"]] == ["keyword", "dense"]
+    assert summary["ann"] is None and summary["answers"] is None
+
+
 # --- bad datasets --------------------------------------------------------------------------------
 
 
