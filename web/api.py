@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ from werkzeug.utils import secure_filename
 
 from rag.errors import RagError
 from rag.records import Answer, Hit
-from rag.snippets import query_terms, term_spans
+from rag.snippets import _stem, query_terms  # one marking rule for the CLI and the page
 from web.errors import ApiError
 from web.openapi import openapi_document
 from web.security import write_endpoint
@@ -144,8 +145,10 @@ def json_body() -> dict:
 # --- shapes ---------------------------------------------------------------------------------------
 
 def matched_terms(query: str, text: str) -> list[str]:
-    """The query's words found in the text, by the same stem rule the CLI uses to mark them."""
-    return [term for term in query_terms(query) if term_spans(text, term)]
+    """The query's words found in the text: a word matches when it starts with the term's stem,
+    the rule the CLI marks snippets by (rag.snippets), as one regex search per term."""
+    lowered = text.lower()
+    return [term for term in query_terms(query) if re.search(r"(?<!\w)" + re.escape(_stem(term)), lowered)]
 
 
 def hit_json(hit: Hit, query: str) -> dict:
