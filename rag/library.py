@@ -139,10 +139,10 @@ class Library:
             for ids, vectors in self.store.iter_embeddings(dim=self.dim):
                 index.add(ids, vectors)
             self._index = index
-            self.save_index(index)
+            self.save_index(index, force=True)
             return index
 
-    def save_index(self, index=None) -> None:
+    def save_index(self, index=None, force: bool = False) -> None:
         """Save the index, then record the store generation it reflects (both written atomically)."""
         with self.lock:
             index = index or self._index
@@ -151,6 +151,8 @@ class Library:
             state = {"backend": self.backend, "encoder": self.store.meta("encoder"), "dim": index.dim,
                      "generation": self.store.generation(), "max_passage_id": self.store.max_passage_id(),
                      "count": len(index)}
+            if not force and self._state() == state and (self.index_dir / "manifest.json").exists():
+                return  # nothing changed since the last save
             index.save(self.index_dir)
             path = self.index_dir / STATE_FILE
             tmp = path.with_name(f".{STATE_FILE}.{uuid.uuid4().hex}.tmp")
