@@ -164,12 +164,12 @@ def _summary(rows: list[dict]) -> dict:
 def run(data_dir: Path, questions_path: str | Path = QUESTIONS, readers: tuple[str, ...] = ("prompt", "fid"),
         hyde_options: tuple[bool, ...] = (False, True), k: int = 5, mode: str = "hybrid", hyde_n: int = 2,
         scaling_ks: tuple[int, ...] = (5, 10, 20), scaling_questions: int = 4, generator: str = "local",
-        docs_root: Path = DOCS_ROOT, progress=None) -> AnswerBench:
+        docs_root: Path = DOCS_ROOT, limit: int | None = None, progress=None) -> AnswerBench:
     from rag.answer import NOT_FOUND, ask
     from rag.answer import resolve_generator
     from rag.library import open_library
 
-    questions = load_questions(questions_path)
+    questions = load_questions(questions_path)[:limit]
     library = open_library(Path(data_dir) / "bench" / "answer")
     try:
         ensure_corpus(library, docs_root, progress=progress)

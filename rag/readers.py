@@ -23,13 +23,16 @@ INSTRUCTION = ("Answer the question using only the numbered passages. "
                "Start with the number of the passage that contains the answer.")
 EXAMPLE = (
     "Passages:\n"
-    "[1] Eiffel Tower: The Eiffel Tower is 330 metres tall and stands in Paris.\n\n"
-    "[2] Kilimanjaro: Mount Kilimanjaro is the highest mountain in Africa.\n\n"
-    "Question: How tall is the Eiffel Tower?\n"
-    "Answer (passage [1]): 330 metres.\n\n"
+    "[1] Eiffel Tower: The Eiffel Tower is a wrought-iron lattice tower in Paris. "
+    "It is 330 metres tall and was completed in 1889.\n\n"
+    "[2] Kilimanjaro: Mount Kilimanjaro is a dormant volcano in Tanzania and the highest mountain in Africa.\n\n"
+    "Question: When was the Eiffel Tower completed?\n"
+    "Answer (passage [1]): In 1889.\n\n"
+    "Question: Which is the highest mountain in Africa?\n"
+    "Answer (passage [2]): Mount Kilimanjaro.\n\n"
 )
 ANSWER_OPENING = "Answer (passage ["
-STOP = ["\n\n", "\nQuestion", "\nPassages:", "\n["]
+STOP = ["\n"]  # an answer is one line; a base model would go on with more questions
 DEFAULT_MAX_NEW_TOKENS = 48
 HEADER = re.compile(r"\s*(\d+(?:\s*(?:,|\]\s*\[)\s*\d+)*)\s*\]\)?\s*:?\s*")
 INLINE_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
@@ -44,8 +47,13 @@ class Reading:
     passages_used: int = 0  # how many of the given passages fitted into the reader's context
 
 
+def short_title(title: str) -> str:
+    """A page title without its site suffix ("Data Structures — Python 3.11 documentation")."""
+    return re.split(r"\s+[—|]\s+", title.strip())[0]
+
+
 def passage_block(n: int, hit: Hit, text: str | None = None) -> str:
-    title = (hit.document.title or hit.document.path or "").strip()
+    title = short_title(hit.document.title or hit.document.path or "")
     body = " ".join((hit.passage.text if text is None else text).split())
     return f"[{n}] {title}: {body}\n\n" if title else f"[{n}] {body}\n\n"
 

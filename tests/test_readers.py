@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rag.errors import RagError
+from rag.generators import cut_at_stop
 from rag.readers import (
     EXAMPLE, INSTRUCTION, STOP, answer_pieces, get_reader, ground, parse_answer, passage_block, question_block,
     read_with_fid, read_with_prompt,
@@ -72,7 +73,7 @@ def test_decoder_fid_with_one_passage_equals_plain_decoding(generator):
         out = generator.model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False,
                                        pad_token_id=tok.pad_token_id)
     reference = tok.decode(out[0, len(ids):], skip_special_tokens=True)
-    assert reading.text == parse_answer(reference.split("\n\n")[0], 1).text
+    assert reading.text == parse_answer(cut_at_stop(reference, STOP)[0], 1).text
     assert "salt" in reading.text
 
 
