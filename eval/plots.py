@@ -44,15 +44,22 @@ def plot_ndcg(rows: list[dict], path: Path, title: str = "") -> Path:
 
 
 def plot_recall_curves(rows: list[dict], curves: dict[str, dict[int, float]], path: Path, title: str = "") -> Path:
-    """Recall@k against k (log scale), one line per result row; `curves` is keyed by row_label."""
+    """Recall@k against k (log scale), one line per result row; `curves` is keyed by row_label.
+
+    Colour says the backend, line style the mode (dense solid, hybrid dashed, keyword dotted),
+    triangles mark HyDE."""
     fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    groups = list(dict.fromkeys("keyword" if r["backend"] is None else r["backend"] for r in rows))
+    colours = plt.get_cmap("tab10")
+    styles = {"dense": "-", "hybrid": "--", "keyword": ":"}
     for r in rows:
         curve = curves.get(row_label(r))
         if not curve:
             continue
         ks = sorted(curve)
-        ax.plot(ks, [curve[k] for k in ks], marker="o", markersize=3, label=row_label(r),
-                linestyle="--" if r["hyde"] else "-")
+        group = groups.index("keyword" if r["backend"] is None else r["backend"])
+        ax.plot(ks, [curve[k] for k in ks], marker="^" if r["hyde"] else "o", markersize=3, label=row_label(r),
+                color=colours(group % 10), linestyle=styles.get(r["mode"], "-"))
     ax.set_xscale("log")
     ax.set_xlabel("k (documents)")
     ax.set_ylabel("Recall@k")
