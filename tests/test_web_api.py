@@ -443,6 +443,7 @@ def test_a_missing_generator_is_reported_and_search_still_works(data_dir, encode
     app = create_app({"DATA_DIR": str(data_dir), "ENCODER_OBJECT": encoder,
                       "GENERATOR": str(tmp_path / "no-such-model")})
     client = app.test_client()
+    assert client.get("/api/stats").get_json()["generator"]["state"] == "missing"  # known before any Ask
     response = client.post("/api/ask", json={"question": "Who designed the lighthouse?"})
     assert response.status_code == 503
     assert "generator" in response.get_json()["error"] and "not found" in response.get_json()["error"]

