@@ -269,7 +269,8 @@ def reindex(backend, data):
               help="Address to listen on; beyond loopback only when RAG_API_TOKEN is set.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64), help="Worker threads.")
-@click.option("--generator", default="local", show_default=True, help="Generator for Ask: local, openai or a model directory.")
+@click.option("--generator", default="local", show_default=True,
+              help="Generator for Ask: local, openai or a model directory.")
 @data_option
 def serve(host: str, port: int, threads: int, generator: str, data: str | None) -> None:
     """Serve the search-and-answer page and the JSON API (waitress)."""
