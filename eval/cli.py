@@ -38,6 +38,11 @@ def load(url, clients, seconds, mode, k, data, plot, as_json) -> None:
                 click.echo("Starting `rag serve` on a free loopback port…", err=True)
             with local_server(data) as started:
                 report = run_load(started, clients=clients, seconds=seconds, k=k, mode=mode)
+            from eval.load import save_report
+
+            saved = save_report(report, data)
+            if not as_json:
+                click.echo(f"saved: {saved}", err=True)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     if plot:

@@ -235,3 +235,17 @@ def plot_latency(report: LoadReport, path: str | os.PathLike) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def save_report(report: LoadReport, data: str | os.PathLike | None) -> Path:
+    """Keep the result next to the library it measured: <data>/eval/load.json."""
+    import json
+
+    from rag.config import data_dir
+
+    path = data_dir(data) / "eval" / "load.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
