@@ -20,7 +20,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -143,6 +143,38 @@ def pair_scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.nda
         diff = queries - vectors
         return -np.einsum("ij,ij->i", diff, diff)
     return np.einsum("ij,ij->i", queries, vectors)
+
+
+def rerank_exact(queries: np.ndarray, slots: np.ndarray, rows_of: Callable[[np.ndarray], np.ndarray],
+                 metric: str, k: int, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top k among candidate slots: queries (nq, dim), slots (nq, c) with -1 for none.
+
+    ``rows_of(slots)`` reads full vectors (RAM or a memory map); queries go through in small
+    chunks so the gathered vectors stay in cache. Returns (nq, k) slots and similarities.
+    """
+    nq, c = slots.shape
+    out_slots = np.full((nq, k), -1, dtype=np.int64)
+    out_scores = np.full((nq, k), MISSING_SCORE, dtype=np.float32)
+    take = min(k, c)
+    for start in range(0, nq, chunk):
+        block = slots[start : start + chunk]
+        valid = block >= 0
+        vectors = rows_of(np.where(valid, block, 0).ravel()).reshape(len(block), c, -1)
+        q = queries[start : start + chunk]
+        if metric == "l2":
+            diff = vectors - q[:, None, :]
+            scores = -np.einsum("qcd,qcd->qc", diff, diff)
+        else:
+            scores = np.einsum("qcd,qd->qc", vectors, q)
+        scores = np.where(valid, scores, -np.inf).astype(np.float32)
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < c else np.arange(c)[None].repeat(len(block), 0)
+        top_scores = np.take_along_axis(scores, top, 1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
+        found = np.isfinite(top_scores)
+        out_slots[start : start + chunk, :take] = np.where(found, np.take_along_axis(block, top, 1), -1)
+        out_scores[start : start + chunk, :take] = top_scores
+    return out_slots, out_scores
 
 
 def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:

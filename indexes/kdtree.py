@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from indexes.base import (
-    BaseIndex, IndexFileError, SlotTable, pair_scores, require_file, top_k_by_query,
+    BaseIndex, IndexFileError, SlotTable, require_file, rerank_exact,
 )
 from indexes.vectors import SlotVectors
 
@@ -125,25 +125,20 @@ class KDTreeIndex(BaseIndex):
         return self.slots.live
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        rows_parts, slot_parts = [], []
+        parts = []
         if self.tree is not None:
             want = max(k, self.rerank)
             dead_in_tree = self.built_upto - int((self.slots.ids[: self.built_upto] >= 0).sum())
             fetch = min(self.built_upto, math.ceil(want * self.built_upto / max(1, self.built_upto - dead_in_tree)))
             _, positions = self.tree.query(self._reduce(queries, query=True), k=fetch, eps=self.eps)
             positions = positions.reshape(len(queries), fetch)
-            rows, cols = np.nonzero(positions < self.built_upto)  # missing neighbours come back as n
-            rows_parts.append(rows)
-            slot_parts.append(positions[rows, cols].astype(np.int64))
-        pending = np.arange(self.built_upto, self.slots.size, dtype=np.int64)
-        if len(pending):
-            rows_parts.append(np.repeat(np.arange(len(queries)), len(pending)))
-            slot_parts.append(np.tile(pending, len(queries)))
-        rows, slots = np.concatenate(rows_parts), np.concatenate(slot_parts)
-        alive = self.slots.ids[slots] >= 0
-        rows, slots = rows[alive], slots[alive]
-        scores = pair_scores(queries[rows], self.vectors.take(slots), self.metric).astype(np.float32)
-        top_slots, top_scores = top_k_by_query(rows, slots, scores, len(queries), k)
+            parts.append(np.where(positions < self.built_upto, positions, -1))  # missing come back as n
+        if self._pending():
+            pending = np.arange(self.built_upto, self.slots.size, dtype=np.int64)
+            parts.append(np.broadcast_to(pending, (len(queries), len(pending))))
+        candidates = np.concatenate(parts, axis=1).astype(np.int64)
+        candidates = np.where(self.slots.ids[np.maximum(candidates, 0)] >= 0, candidates, -1)
+        top_slots, top_scores = rerank_exact(queries, candidates, self.vectors.take, self.metric, k)
         ids = np.where(top_slots >= 0, self.slots.ids[np.maximum(top_slots, 0)], -1)
         return ids.astype(np.int64), top_scores
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.base import BaseIndex, IndexFileError, SlotTable, pair_scores, require_file, top_k_by_query
+from indexes.base import BaseIndex, IndexFileError, SlotTable, require_file, rerank_exact
 from indexes.vectors import SlotVectors
 
 STATE_FILE = "lsh.npz"
@@ -228,17 +228,20 @@ class LSHIndex(BaseIndex):
 
     def _search_chunk(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         rows, slots, query_sketch = self.candidates(queries)
-        keep = max(k, self.rerank)
-        if self.rerank and len(slots) > keep:
+        keep = max(k, self.rerank) if self.rerank else len(slots) + 1
+        if len(slots) and self.rerank:
             # all tables' sign bits together are a tables*bits-bit sketch: the Hamming distance
             # between sketches estimates the angle, so only the closest ``rerank`` need full vectors
             hamming = np.bitwise_count(self.sketch[slots] ^ query_sketch[rows]).sum(axis=1, dtype=np.int64)
             order = np.argsort(rows * (64 * self.sketch.shape[1] + 1) + hamming, kind="stable")
-            rank = np.arange(len(order)) - np.searchsorted(rows, rows[order], side="left")
-            best = order[rank < keep]
-            rows, slots = rows[best], slots[best]
-        scores = pair_scores(queries[rows], self.vectors.take(slots), self.metric).astype(np.float32)
-        top_slots, top_scores = top_k_by_query(rows, slots, scores, len(queries), k)
+            rows, slots = rows[order], slots[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+        chosen = rank < keep
+        rows, slots, rank = rows[chosen], slots[chosen], rank[chosen]
+        width = max(k, int(rank.max()) + 1 if len(rank) else 1)
+        matrix = np.full((len(queries), width), -1, dtype=np.int64)
+        matrix[rows, rank] = slots
+        top_slots, top_scores = rerank_exact(queries, matrix, self.vectors.take, self.metric, k)
         ids = np.where(top_slots >= 0, self.slots.ids[np.maximum(top_slots, 0)], -1)
         return ids.astype(np.int64), top_scores
 

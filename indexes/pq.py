@@ -21,8 +21,7 @@ import faiss
 import numpy as np
 
 from indexes.base import (
-    MISSING_SCORE, BaseIndex, IndexFileError, SlotTable, exact_scores, pair_scores, require_file,
-    top_k_by_query,
+    MISSING_SCORE, BaseIndex, IndexFileError, SlotTable, exact_scores, require_file, rerank_exact,
 )
 from indexes.flat import faiss_metric, read_faiss
 from indexes.vectors import SlotVectors
@@ -149,16 +148,20 @@ class PQIndex(BaseIndex):
         want = max(k, self.rerank)
         fetch = min(self.slots.size, math.ceil(want * self.slots.size / max(1, self.slots.live)) + 8)
         distances, labels = self._search_codes(queries, fetch)
-        rows, cols = np.nonzero(labels >= 0)
-        slots = labels[rows, cols]
-        alive = self.slots.ids[slots] >= 0
-        rows, cols, slots = rows[alive], cols[alive], slots[alive]
+        alive = (labels >= 0) & (self.slots.ids[np.maximum(labels, 0)] >= 0)
+        candidates = np.where(alive, labels, -1)
         if self.rerank:
-            scores = pair_scores(queries[rows], self.vectors.take(slots), self.metric)
+            slots, scores = rerank_exact(queries, candidates, self.vectors.take, self.metric, k)
         else:
-            scores = -distances[rows, cols] if self.metric == "l2" else distances[rows, cols]
-        top_slots, top_scores = top_k_by_query(rows, slots, scores.astype(np.float32), len(queries), k)
-        return self._ids_for(top_slots), top_scores
+            scores = np.where(alive, -distances if self.metric == "l2" else distances, -np.inf)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            slots = np.take_along_axis(candidates, order, 1)
+            scores = np.take_along_axis(scores, order, 1).astype(np.float32)
+            if slots.shape[1] < k:
+                pad = k - slots.shape[1]
+                slots = np.pad(slots, ((0, 0), (0, pad)), constant_values=-1)
+                scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return self._ids_for(slots), scores
 
     def _search_codes(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         return self.codes.search(queries, fetch)

@@ -77,13 +77,8 @@ class SlotVectors:
         self.size += len(vectors)
 
     def take(self, slots: np.ndarray) -> np.ndarray:
-        """Rows at slots (sorted reads are kinder to a memory map, so read in slot order)."""
-        if not self.memory_mapped or len(slots) < 2:
-            return self._data[slots]
-        order = np.argsort(slots, kind="stable")
-        out = np.empty((len(slots), self.dim), dtype=np.float32)
-        out[order] = self._data[slots[order]]
-        return out
+        """Rows at slots, as a new in-RAM array."""
+        return self._data[slots]
 
     def compact(self, keep: np.ndarray) -> None:
         """Keep only rows ``keep`` (old slots, ascending), renumbered 0..len(keep)-1."""
