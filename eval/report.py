@@ -19,15 +19,16 @@ class Section:
     rows: list[dict] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    formats: dict[str, str] = field(default_factory=dict)  # column -> format spec for its numbers, e.g. ",.1f"
 
 
-def _cell(value) -> str:
+def _cell(value, spec: str | None = None) -> str:
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, (int, float)):
+        return format(value, spec or (".4f" if isinstance(value, float) else ","))
     return html.escape(str(value))
 
 
@@ -55,7 +56,7 @@ def render_html(title: str, sections: list[Section]) -> str:
             parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in section.columns)
                          + "</tr></thead><tbody>")
             for row in section.rows:
-                parts.append("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in section.columns) + "</tr>")
+                parts.append("<tr>" + "".join(f"<td>{_cell(row.get(c), section.formats.get(c))}</td>" for c in section.columns) + "</tr>")
             parts.append("</tbody></table>")
         parts.extend(_image(p) for p in section.images if Path(p).is_file())
     parts.append("</body></html>")
@@ -71,19 +72,24 @@ def write_report(path: Path, title: str, sections: list[Section]) -> Path:
     return path
 
 
-RETRIEVAL_COLUMNS = ["backend", "mode", "hyde", "ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100", "qps"]
+RETRIEVAL_COLUMNS = ["backend", "mode", "hyde", "ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100", "qps",
+                     "ndcg@10 vs flat"]
 
 
 def retrieval_section(report) -> Section:
     """The retrieval evaluation (an eval.retrieval.RetrievalReport) as a report section."""
+    flat = {(r.mode, r.hyde): r.metrics["ndcg@10"] for r in report.rows if r.backend == "flat"}
     rows = []
     for row in report.rows:
         cells = row.to_json()
         cells["backend"] = cells["backend"] or "— (keyword)"
+        if row.backend not in (None, "flat") and (row.mode, row.hyde) in flat:
+            cells["ndcg@10 vs flat"] = row.metrics["ndcg@10"] - flat[(row.mode, row.hyde)]
         rows.append(cells)
     title = (f"Retrieval quality: {report.dataset.name} ({report.dataset.split}), "
              f"{len(report.dataset.corpus):,} documents, {report.queries} queries")
-    return Section(title, RETRIEVAL_COLUMNS, rows, list(report.plots), list(report.notes))
+    return Section(title, RETRIEVAL_COLUMNS, rows, list(report.plots), list(report.notes),
+                   {"qps": ",.1f", "ndcg@10 vs flat": "+.4f"})
 
 
 ANN_COLUMNS = ["backend", "setting", "default", "build_s", "recall_at_1", "recall_at_10", "qps", "bytes_per_vector"]
@@ -109,8 +115,10 @@ def ann_section(store, out_dir: Path, backends: list[str] | None = None, max_que
     rows = [{c: getattr(run, c) for c in ANN_COLUMNS} for run in report.runs]
     notes = [f"{report.n:,} vectors indexed, {report.n_queries:,} held-out passage vectors as queries, "
              "recall against exact search, single-thread queries/s; default = the parameters create_index uses"]
-    notes += [f"[{'met' if met else 'MISSED'}] {target}: {how}" for target, met, how in report.targets]
-    return Section(title, ANN_COLUMNS, rows, [png], notes), report
+    notes += [f"benchmark target [{'met' if met else 'missed'}] {target}: {how}" for target, met, how in report.targets]
+    return Section(title, ANN_COLUMNS, rows, [png], notes,
+                   {"build_s": ".2f", "recall_at_1": ".3f", "recall_at_10": ".3f", "qps": ",.0f",
+                    "bytes_per_vector": ",.0f"}), report
 
 
 def answer_section(data_dir: Path, questions: int, progress=None) -> tuple[Section, object | None]:
@@ -129,7 +137,9 @@ def answer_section(data_dir: Path, questions: int, progress=None) -> tuple[Secti
     notes = [f"{bench.settings['questions']}: first {questions} questions, generator {bench.settings['generator']}, "
              f"k={bench.settings['k']}, {bench.settings['mode']} retrieval; contains/F1/citation/retrieval over "
              "answerable questions, refusal over unanswerable ones (see `rag eval answer` for the full run)"]
-    return Section(title, ANSWER_COLUMNS, rows, [], notes), bench
+    return Section(title, ANSWER_COLUMNS, rows, [], notes,
+                   {"contains": ".2f", "f1": ".2f", "citation": ".2f", "retrieval": ".2f", "refusal": ".2f",
+                    "latency_mean": ".1f", "hyde_mean": ".1f"}), bench
 
 
 def build_report(dataset_dir: str | Path, data=None, backends: list[str] | None = None,
