@@ -96,13 +96,20 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     path = Path(directory).expanduser().resolve()
     if not path.is_dir():
         raise DatasetError(f"{path}: dataset directory not found")
+    warnings = []
     corpus: dict[str, BeirDocument] = {}
-    for row in _read_jsonl(path / "corpus.jsonl", ("_id", "text")):
+    rows = _read_jsonl(path / "corpus.jsonl", ("_id", "text"))
+    for row in rows:
         doc_id = str(row["_id"])
         corpus[doc_id] = BeirDocument(doc_id, str(row.get("title") or ""), str(row["text"] or ""))
     if not corpus:
         raise DatasetError(f"{path / 'corpus.jsonl'}: the corpus is empty")
-    all_queries = {str(row["_id"]): str(row["text"]) for row in _read_jsonl(path / "queries.jsonl", ("_id", "text"))}
+    if len(rows) > len(corpus):
+        warnings.append(f"{path / 'corpus.jsonl'}: {len(rows) - len(corpus)} repeated _id(s); the last one is kept")
+    rows = _read_jsonl(path / "queries.jsonl", ("_id", "text"))
+    all_queries = {str(row["_id"]): str(row["text"]) for row in rows}
+    if len(rows) > len(all_queries):
+        warnings.append(f"{path / 'queries.jsonl'}: {len(rows) - len(all_queries)} repeated _id(s); the last one is kept")
 
     qrels_path = path / "qrels" / f"{split}.tsv"
     qrels: dict[str, dict[str, int]] = {}
@@ -119,7 +126,6 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
         else:
             qrels.setdefault(query_id, {})[doc_id] = grade
 
-    warnings = []
     if dropped:
         warnings.append(
             f"{qrels_path}: skipped {dropped} row(s) naming {len(unknown_queries)} unknown query id(s)"

@@ -40,6 +40,7 @@ class EvalStore:
     seconds: float  # spent ingesting (or opening the cached store)
     passage_docs: dict[int, list[str]]  # passage id -> BEIR ids of its document and of exact duplicates
     multi_passage_documents: int
+    failures: list[str] = field(default_factory=list)  # documents ingestion refused (never retrievable)
 
 
 @dataclass
@@ -117,7 +118,8 @@ def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: boo
     state = _read_json(marker)
     library = open_library(directory, model=model, backend="flat", encoder=encoder)
     reused = bool(state) and state.get("documents") == len(dataset.corpus) \
-        and library.store.stats()["documents"] == len(dataset.corpus)
+        and state.get("stored", state.get("documents")) == library.store.stats()["documents"]
+    failures: list[str] = []
     if not reused:
         marker.unlink(missing_ok=True)
         shutil.rmtree(directory / "indexes", ignore_errors=True)
@@ -125,13 +127,17 @@ def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: boo
             print(f"Ingesting {len(dataset.corpus):,} documents into {directory} (once; later runs reuse it)",
                   file=sys.stderr)
         report = ingest_documents(library, _source_documents(dataset), collection=COLLECTION, progress=progress)
-        if report.failed:
-            reasons = "; ".join(f"{path}: {why}" for path, why in report.failures[:5])
-            raise RagError(f"{report.failed} document(s) of {dataset.path / 'corpus.jsonl'} could not be ingested: {reasons}")
-        _write_json(marker, {"documents": len(dataset.corpus), "passages": library.store.passage_count(),
-                             "ingest_seconds": round(report.seconds, 1), "encoder": encoder.name})
+        failures = [f"{path}: {why}" for path, why in report.failures]
+        stored = library.store.stats()["documents"]
+        if stored == 0:
+            raise RagError(f"{dataset.path / 'corpus.jsonl'}: no document could be ingested ({'; '.join(failures[:3])})")
+        _write_json(marker, {"documents": len(dataset.corpus), "stored": stored, "failures": failures,
+                             "passages": library.store.passage_count(), "ingest_seconds": round(report.seconds, 1),
+                             "encoder": encoder.name})
+    else:
+        failures = list(state.get("failures", []))
     mapping, multi = _passage_documents(library)
-    return EvalStore(library, directory, reused, time.perf_counter() - started, mapping, multi)
+    return EvalStore(library, directory, reused, time.perf_counter() - started, mapping, multi, failures)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -268,6 +274,9 @@ def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] |
     library = store.library
     notes.append(f"store: {store.directory} ({'reused' if store.reused else 'ingested'} in {store.seconds:.1f} s; "
                  f"{len(store.passage_docs):,} passages for {len(dataset.corpus):,} documents)")
+    if store.failures:
+        notes.append(f"{len(store.failures)} document(s) could not be ingested and count as never retrieved: "
+                     + "; ".join(store.failures[:3]) + (" ..." if len(store.failures) > 3 else ""))
     notes.append(f"documents split into several passages ({store.multi_passage_documents:,} here) are scored by "
                  f"their best passage (max-pooling); {PASSAGE_DEPTH} passages are retrieved per query")
 

@@ -67,6 +67,8 @@ FILLER = ("Amphibians were studied across many laboratories over several decades
 DOCS["d23"] = ("Amphibian research notes", FILLER * 12 + "The axolotl regrows amputated limbs completely, "
                "forming a blastema of dedifferentiated cells at the wound that rebuilds bone and muscle.")
 
+DOCS["d24"] = ("", "   ")  # nothing to index: reported, and the rest is evaluated
+
 QUERIES = {
     "q1": "How do honey bees tell nestmates where flowers are with the waggle dance?",
     "q2": "Can volcanic ash cause jet engine flameout?",
@@ -169,6 +171,7 @@ def test_second_run_reuses_the_store_and_reports(evaluated):
     assert "1 unknown query id(s) and 1 unknown document id(s)" in table
     assert "have no relevant document and are skipped" in table
     assert "nDCG@10" in table and "flat" in table
+    assert "1 document(s) could not be ingested and count as never retrieved: beir:d24: empty" in table
     plots = sorted(p.name for p in (data / "eval" / "plots").glob("*.png"))
     assert plots == ["tiny-test-ndcg.png", "tiny-test-recall.png"]
 
