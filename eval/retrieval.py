@@ -202,12 +202,12 @@ def dense_rankings(index, vectors: np.ndarray, depth: int = PASSAGE_DEPTH) -> li
             for row_ids, row_scores in zip(ids, scores)]
 
 
-def _bar(items, desc: str, progress: bool):
+def _bar(items, desc: str, progress: bool, unit: str = "query"):
     if not progress:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="query", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(items, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 def _score(dataset: BeirDataset, query_ids: list[str], rankings: list[list[tuple[int, float]]],
@@ -304,7 +304,7 @@ def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] |
             notes.append(f"HyDE: generator {generator}, {hyde_cost:.2f} s per query to write the hypothetical "
                          f"passages and encode them (included in the HyDE rows' queries/s)")
 
-    for backend in backends if vector_modes else []:
+    for backend in _bar(backends if vector_modes else [], "backends", progress, unit="backend"):
         index = backend_index(store, backend)
         for with_hyde, vectors, encode_seconds in variants:
             started = time.perf_counter()
