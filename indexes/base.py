@@ -145,35 +145,35 @@ def pair_scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.nda
     return np.einsum("ij,ij->i", queries, vectors)
 
 
-def rerank_exact(queries: np.ndarray, slots: np.ndarray, rows_of: Callable[[np.ndarray], np.ndarray],
-                 metric: str, k: int, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top k among candidate slots: queries (nq, dim), slots (nq, c) with -1 for none.
+def rerank_exact(queries: np.ndarray, slots: np.ndarray, vectors: np.ndarray, metric: str, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top k among candidate slots: queries (nq, dim), slots (nq, c) with -1 for none,
+    vectors (>= slots, dim) float32 in RAM or memory-mapped.
 
-    ``rows_of(slots)`` reads full vectors (RAM or a memory map); queries go through in small
-    chunks so the gathered vectors stay in cache. Returns (nq, k) slots and similarities.
+    faiss computes each query's distances to its candidates straight from ``vectors`` (no copy
+    of the candidates; a memory map is paged in on demand). Returns (nq, k) slots and similarities.
     """
+    import faiss
+
     nq, c = slots.shape
+    valid = slots >= 0
+    safe = np.ascontiguousarray(np.where(valid, slots, 0), dtype=np.int64)
+    scores = np.empty((nq, c), dtype=np.float32)
+    by_index = faiss.fvec_L2sqr_by_idx if metric == "l2" else faiss.fvec_inner_products_by_idx
+    by_index(faiss.swig_ptr(scores), faiss.swig_ptr(np.ascontiguousarray(queries)), faiss.swig_ptr(vectors),
+             faiss.swig_ptr(safe), vectors.shape[1], nq, c)
+    if metric == "l2":
+        np.negative(scores, out=scores)
+    scores[~valid] = -np.inf
+    take = min(k, c)
+    top = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < c else np.tile(np.arange(c), (nq, 1))
+    top_scores = np.take_along_axis(scores, top, 1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
     out_slots = np.full((nq, k), -1, dtype=np.int64)
     out_scores = np.full((nq, k), MISSING_SCORE, dtype=np.float32)
-    take = min(k, c)
-    for start in range(0, nq, chunk):
-        block = slots[start : start + chunk]
-        valid = block >= 0
-        vectors = rows_of(np.where(valid, block, 0).ravel()).reshape(len(block), c, -1)
-        q = queries[start : start + chunk]
-        if metric == "l2":
-            diff = vectors - q[:, None, :]
-            scores = -np.einsum("qcd,qcd->qc", diff, diff)
-        else:
-            scores = np.einsum("qcd,qd->qc", vectors, q)
-        scores = np.where(valid, scores, -np.inf).astype(np.float32)
-        top = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < c else np.arange(c)[None].repeat(len(block), 0)
-        top_scores = np.take_along_axis(scores, top, 1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
-        found = np.isfinite(top_scores)
-        out_slots[start : start + chunk, :take] = np.where(found, np.take_along_axis(block, top, 1), -1)
-        out_scores[start : start + chunk, :take] = top_scores
+    out_slots[:, :take] = np.where(np.isfinite(top_scores), np.take_along_axis(safe, top, 1), -1)
+    out_scores[:, :take] = top_scores
     return out_slots, out_scores
 
 

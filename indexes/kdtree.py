@@ -138,7 +138,7 @@ class KDTreeIndex(BaseIndex):
             parts.append(np.broadcast_to(pending, (len(queries), len(pending))))
         candidates = np.concatenate(parts, axis=1).astype(np.int64)
         candidates = np.where(self.slots.ids[np.maximum(candidates, 0)] >= 0, candidates, -1)
-        top_slots, top_scores = rerank_exact(queries, candidates, self.vectors.take, self.metric, k)
+        top_slots, top_scores = rerank_exact(queries, candidates, self.vectors.buffer, self.metric, k)
         ids = np.where(top_slots >= 0, self.slots.ids[np.maximum(top_slots, 0)], -1)
         return ids.astype(np.int64), top_scores
 

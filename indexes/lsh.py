@@ -241,7 +241,7 @@ class LSHIndex(BaseIndex):
         width = max(k, int(rank.max()) + 1 if len(rank) else 1)
         matrix = np.full((len(queries), width), -1, dtype=np.int64)
         matrix[rows, rank] = slots
-        top_slots, top_scores = rerank_exact(queries, matrix, self.vectors.take, self.metric, k)
+        top_slots, top_scores = rerank_exact(queries, matrix, self.vectors.buffer, self.metric, k)
         ids = np.where(top_slots >= 0, self.slots.ids[np.maximum(top_slots, 0)], -1)
         return ids.astype(np.int64), top_scores
 

@@ -151,7 +151,7 @@ class PQIndex(BaseIndex):
         alive = (labels >= 0) & (self.slots.ids[np.maximum(labels, 0)] >= 0)
         candidates = np.where(alive, labels, -1)
         if self.rerank:
-            slots, scores = rerank_exact(queries, candidates, self.vectors.take, self.metric, k)
+            slots, scores = rerank_exact(queries, candidates, self.vectors.buffer, self.metric, k)
         else:
             scores = np.where(alive, -distances if self.metric == "l2" else distances, -np.inf)
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -76,6 +76,11 @@ class SlotVectors:
         self._data[self.size : self.size + len(vectors)] = vectors
         self.size += len(vectors)
 
+    @property
+    def buffer(self) -> np.ndarray:
+        """The whole C-contiguous (capacity, dim) buffer: rows past ``size`` are unused."""
+        return self._data
+
     def take(self, slots: np.ndarray) -> np.ndarray:
         """Rows at slots, as a new in-RAM array."""
         return self._data[slots]
