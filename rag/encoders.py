@@ -75,7 +75,11 @@ class SentenceTransformerEncoder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-@lru_cache(maxsize=4)
 def load_encoder(model: str | None = None) -> SentenceTransformerEncoder:
     """One loaded encoder per model path per process, shared by every caller."""
+    return _load_encoder(str(model) if model else None)
+
+
+@lru_cache(maxsize=4)
+def _load_encoder(model: str | None) -> SentenceTransformerEncoder:
     return SentenceTransformerEncoder(model)
