@@ -28,6 +28,7 @@ from rag.store import NewDocument
 
 # Passages gathered before one encode call: large enough for length-sorted batching to pay off.
 ENCODE_BATCH = 2048
+FIRST_BATCH = 256  # ... but the first one is sent early, then sizes double up to ENCODE_BATCH
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 TITLE_MAX_TOKENS = 32  # a longer title is cut to this before it is prefixed to each passage
 DEFAULT_OVERLAP = 32
@@ -185,6 +186,8 @@ class _Ingester:
                  report: IngestReport, progress: bool, encode_batch: int = ENCODE_BATCH):
         self.library = library
         self.encode_batch = max(1, int(encode_batch))
+        # the first encode starts early so parsing the next files overlaps it; later batches grow to full size
+        self.threshold = min(FIRST_BATCH, self.encode_batch)
         self.store = library.store
         self.encoder = library.encoder
         self.collection = collection
@@ -235,7 +238,7 @@ class _Ingester:
         if self.bar is not None:
             self.bar.total += len(texts)
             self.bar.refresh()
-        if self.pending_passages >= self.encode_batch:
+        if self.pending_passages >= self.threshold:
             self.flush()
 
     def flush(self) -> None:
@@ -260,6 +263,7 @@ class _Ingester:
             self.report.duplicates += result.duplicates
             self.report.passages += len(result.added_ids)
         self.pending, self.pending_passages = [], 0
+        self.threshold = min(self.threshold * 2, self.encode_batch)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         """Encode in length-sorted slices so the progress bar moves; same work as one big call."""
