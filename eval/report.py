@@ -89,7 +89,7 @@ def retrieval_section(report) -> Section:
     title = (f"Retrieval quality: {report.dataset.name} ({report.dataset.split}), "
              f"{len(report.dataset.corpus):,} documents, {report.queries} queries")
     return Section(title, RETRIEVAL_COLUMNS, rows, list(report.plots), list(report.notes),
-                   {"qps": ",.1f", "ndcg@10 vs flat": "+.4f"})
+                   {"qps": ",.4g", "ndcg@10 vs flat": "+.4f"})
 
 
 ANN_COLUMNS = ["backend", "setting", "default", "build_s", "recall_at_1", "recall_at_10", "qps", "bytes_per_vector"]

@@ -54,7 +54,8 @@ class ResultRow:
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "mode": self.mode, "hyde": self.hyde,
-                **{name: round(self.metrics[name], 4) for name in METRICS}, "qps": round(self.qps, 2)}
+                **{name: round(self.metrics[name], 4) for name in METRICS},
+                "qps": round(self.qps, 2 if self.qps >= 1 else 4)}
 
 
 @dataclass
@@ -356,7 +357,7 @@ def format_table(report: RetrievalReport) -> str:
         base = flat.get((r.mode, r.hyde))
         delta = "" if r.backend in (None, "flat") or base is None else f"{r.metrics['ndcg@10'] - base:+.4f}"
         lines.append([r.backend or "-", r.mode, "yes" if r.hyde else "no",
-                      *(f"{r.metrics[m]:.4f}" for m in METRICS), f"{r.qps:,.1f}", delta])
+                      *(f"{r.metrics[m]:.4f}" for m in METRICS), f"{r.qps:,.1f}" if r.qps >= 1 else f"{r.qps:.4f}", delta])
     widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     title = (f"{report.dataset.name} ({report.dataset.split}): {len(report.dataset.corpus):,} documents, "
