@@ -20,7 +20,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -82,13 +82,19 @@ def check_vectors(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def check_ids(ids: Any, n: int) -> np.ndarray:
-    """(n,) int64, non-negative (-1 means 'no result'), no duplicates within one call."""
+def _id_array(ids: Any) -> np.ndarray:
+    """ids as a 1-D array (a scalar becomes one id)."""
     array = np.asarray(ids)
     if array.ndim == 0:
         array = array[None]
     if array.ndim != 1:
         raise ValueError(f"ids must be a 1-D array, got shape {array.shape}")
+    return array
+
+
+def check_ids(ids: Any, n: int) -> np.ndarray:
+    """(n,) int64, non-negative (-1 means 'no result'), no duplicates within one call."""
+    array = _id_array(ids)
     if array.size and not np.issubdtype(array.dtype, np.integer):
         if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
             raise ValueError(f"ids must be integers, got dtype {array.dtype}")
@@ -104,11 +110,7 @@ def check_ids(ids: Any, n: int) -> np.ndarray:
 
 
 def check_remove_ids(ids: Any) -> np.ndarray:
-    array = np.asarray(ids)
-    if array.ndim == 0:
-        array = array[None]
-    if array.ndim != 1:
-        raise ValueError(f"ids must be a 1-D array, got shape {array.shape}")
+    array = _id_array(ids)
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"ids must be integers, got dtype {array.dtype}")
     return np.unique(array.astype(np.int64))
@@ -514,3 +516,21 @@ class BaseIndex:
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+
+class TombstoneIndex(BaseIndex):
+    """A backend that cannot delete natively: ``self.slots`` (a SlotTable) marks removed ids dead,
+    searches over-fetch past them, and ``_rebuild()`` compacts once too many are dead."""
+
+    slots: SlotTable
+
+    def _rebuild(self) -> None:
+        raise NotImplementedError
+
+    def _remove(self, ids: np.ndarray) -> None:
+        self.slots.remove(ids)
+        if self.slots.needs_compaction():
+            self._rebuild()
+
+    def __len__(self) -> int:
+        return self.slots.live

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from indexes.base import (
-    BaseIndex, IndexFileError, SlotTable, require_file, rerank_exact,
+    IndexFileError, SlotTable, TombstoneIndex, require_file, rerank_exact,
 )
 from indexes.vectors import SlotVectors
 
@@ -30,7 +30,7 @@ MIN_TREE = 1000  # below this, brute force is as fast as any tree
 PCA_SAMPLE = 20000
 
 
-class KDTreeIndex(BaseIndex):
+class KDTreeIndex(TombstoneIndex):
     name = "kdtree"
 
     def __init__(self, dim: int, metric: str = "cosine", pca_dims: int = 32, rerank: int = 200,
@@ -115,14 +115,6 @@ class KDTreeIndex(BaseIndex):
         self.vectors.append(vectors)
         if self._pending() >= max(MIN_TREE, self.built_upto // 10) or self.slots.needs_compaction():
             self._rebuild()
-
-    def _remove(self, ids: np.ndarray) -> None:
-        self.slots.remove(ids)
-        if self.slots.needs_compaction():
-            self._rebuild()
-
-    def __len__(self) -> int:
-        return self.slots.live
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         parts = []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.base import BaseIndex, IndexFileError, SlotTable, require_file, rerank_exact
+from indexes.base import IndexFileError, SlotTable, TombstoneIndex, require_file, rerank_exact
 from indexes.vectors import SlotVectors
 
 STATE_FILE = "lsh.npz"
@@ -38,7 +38,7 @@ def auto_bits(count: int) -> int:
 QUERY_CHUNK = 64  # queries per vectorised step: bounds the candidate arrays' memory
 
 
-class LSHIndex(BaseIndex):
+class LSHIndex(TombstoneIndex):
     name = "lsh"
 
     def __init__(self, dim: int, metric: str = "cosine", bits: int | None = None, tables: int = 40,
@@ -176,14 +176,6 @@ class LSHIndex(BaseIndex):
             return
         projections = self._projections(vectors)
         self._insert(self._keys(projections), self._sketch(projections), slots)
-
-    def _remove(self, ids: np.ndarray) -> None:
-        self.slots.remove(ids)
-        if self.slots.needs_compaction():
-            self._rebuild()
-
-    def __len__(self) -> int:
-        return self.slots.live
 
     def _bucket_ranges(self, probe_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi) positions in sorted_slots.ravel() of every probed bucket, (nq, tables, probes)."""

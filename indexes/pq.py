@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from indexes.base import (
-    MISSING_SCORE, BaseIndex, IndexFileError, SlotTable, exact_scores, require_file, rerank_exact,
+    MISSING_SCORE, IndexFileError, SlotTable, TombstoneIndex, exact_scores, require_file, rerank_exact,
 )
 from indexes.flat import faiss_metric, read_faiss
 from indexes.vectors import SlotVectors
@@ -40,7 +40,7 @@ def default_subquantizers(dim: int) -> int:
     return 1
 
 
-class PQIndex(BaseIndex):
+class PQIndex(TombstoneIndex):
     name = "pq"
 
     def __init__(self, dim: int, metric: str = "cosine", M: int | None = None, nbits: int = 8,
@@ -133,14 +133,6 @@ class PQIndex(BaseIndex):
         self._encode(vectors, slots)
         if self.slots.needs_compaction():
             self._rebuild()
-
-    def _remove(self, ids: np.ndarray) -> None:
-        self.slots.remove(ids)
-        if self.slots.needs_compaction():
-            self._rebuild()
-
-    def __len__(self) -> int:
-        return self.slots.live
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.codes is None:

@@ -7,7 +7,6 @@ saved directory is never written in place.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import weakref
