@@ -363,10 +363,7 @@ def format_table(report: Report) -> str:
 
 def plot(report: Report, path: Path) -> Path:
     """Recall@10 against QPS (log scale), one line per backend, like ann-benchmarks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from eval.plots import plt, save_figure  # Agg: files only
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for backend in dict.fromkeys(r.backend for r in report.runs):
@@ -378,11 +375,7 @@ def plot(report: Report, path: Path) -> Path:
     ax.set_title(f"{report.n:,} x {report.dim}-d vectors: {report.source}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def benchmark(data: Path, vectors_file: str | None = None, n: int | None = None,

@@ -242,10 +242,7 @@ def format_table(bench: AnswerBench) -> str:
 
 def plot(bench: AnswerBench, path: Path) -> Path:
     """Generation time against k for each reader."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from eval.plots import plt, save_figure  # Agg: files only
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for reader in sorted({r["reader"] for r in bench.scaling}):
@@ -256,11 +253,7 @@ def plot(bench: AnswerBench, path: Path) -> Path:
     ax.set_title("Prompt reader vs fusion-in-decoder")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save(bench: AnswerBench, directory: Path) -> Path:

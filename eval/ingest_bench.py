@@ -237,10 +237,7 @@ def format_table(bench: IngestBench) -> str:
 
 def plot(bench: IngestBench, path: Path) -> Path:
     """Two panels: passages/s (ingest vs raw) and latency p50/p95 per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from eval.plots import plt, save_figure  # Agg: files only
 
     panels = (["throughput"] if bench.passages else []) + (["latency"] if bench.latency else [])
     if not panels:
@@ -263,8 +260,4 @@ def plot(bench: IngestBench, path: Path) -> Path:
             ax.set_ylabel("ms")
             ax.set_title(f"search latency, {bench.latency_store_passages} passages")
             ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

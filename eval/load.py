@@ -213,10 +213,7 @@ def check_has_documents(data: str | os.PathLike | None) -> None:
 
 def plot_latency(report: LoadReport, path: str | os.PathLike) -> Path:
     """Each request's latency against when it started, with the p50/p95/p99 lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from eval.plots import plt, save_figure  # Agg: files only
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -230,11 +227,7 @@ def plot_latency(report: LoadReport, path: str | os.PathLike) -> Path:
     ax.set_title(f"{report.clients} clients, {report.requests_per_s:.1f} requests/s, {report.errors} errors "
                  f"(mode={report.mode}, k={report.k})")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_report(report: LoadReport, data: str | os.PathLike | None) -> Path:

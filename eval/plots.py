@@ -9,6 +9,15 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Write a finished figure as PNG (creating its folder) and free it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def row_label(row: dict) -> str:
     """'hnsw hybrid', 'keyword', '+ HyDE' where it applies."""
     label = row["mode"] if row["backend"] is None else f"{row['backend']} {row['mode']}"
@@ -36,11 +45,7 @@ def plot_ndcg(rows: list[dict], path: Path, title: str = "") -> Path:
     ax.set_ylim(0, min(1.0, top * 1.15 + 0.02))
     ax.set_title(title or "nDCG@10 by backend and mode")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_recall_curves(rows: list[dict], curves: dict[str, dict[int, float]], path: Path, title: str = "") -> Path:
@@ -67,8 +72,4 @@ def plot_recall_curves(rows: list[dict], curves: dict[str, dict[int, float]], pa
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or "Recall@k")
     ax.legend(fontsize=7, ncol=2, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
