@@ -30,3 +30,25 @@ def generator(model_cache):
     from rag.generators import load_generator
 
     return load_generator("local")
+
+
+@pytest.fixture(scope="session")
+def notes_data_dir(tmp_path_factory, encoder):
+    """Builds a data directory holding small text files (name -> text), ingested through the CLI's path."""
+    from rag.ingest import ingest_paths
+    from rag.library import open_library
+
+    def build(name: str, notes: dict[str, str]):
+        root = tmp_path_factory.mktemp(name)
+        docs = root / "docs"
+        docs.mkdir()
+        for filename, text in notes.items():
+            (docs / filename).write_text(text, encoding="utf-8")
+        library = open_library(root / "data", encoder=encoder)
+        try:
+            assert ingest_paths(library, [str(docs)]).added == len(notes)
+        finally:
+            library.close()
+        return root / "data"
+
+    return build

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from rag.ingest import ingest_paths
-from rag.library import open_library
 from web import create_app
 from web.server import BackgroundServer
 
@@ -35,18 +33,8 @@ TITLE = "rag"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, encoder) -> Path:
-    root = tmp_path_factory.mktemp("web-browser")
-    docs = root / "docs"
-    docs.mkdir()
-    for name, text in NOTES.items():
-        (docs / name).write_text(text, encoding="utf-8")
-    library = open_library(root / "data", encoder=encoder)
-    try:
-        assert ingest_paths(library, [str(docs)]).added == len(NOTES)
-    finally:
-        library.close()
-    return root / "data"
+def data_dir(notes_data_dir) -> Path:
+    return notes_data_dir("web-browser", NOTES)
 
 
 @pytest.fixture(scope="module")

@@ -32,18 +32,8 @@ NOTES = {
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, encoder) -> Path:
-    root = tmp_path_factory.mktemp("web-server")
-    docs = root / "docs"
-    docs.mkdir()
-    for name, text in NOTES.items():
-        (docs / name).write_text(text, encoding="utf-8")
-    library = open_library(root / "data", encoder=encoder)
-    try:
-        assert ingest_paths(library, [str(docs)]).added == len(NOTES)
-    finally:
-        library.close()
-    return root / "data"
+def data_dir(notes_data_dir) -> Path:
+    return notes_data_dir("web-server", NOTES)
 
 
 @pytest.fixture(scope="module")
