@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import click
 
-from rag.config import data_dir
-
 data_option = click.option(
     "--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
     help="Data directory (default ./rag-data).",
