@@ -154,13 +154,20 @@ def _write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
+QUANTIZED = ("pq", "ivfpq")
+
+
 def backend_index(store: EvalStore, backend: str):
     """The backend's index over every stored embedding: loaded from its cache or built (and cached)."""
     from indexes import create_index, load_index
 
     library = store.library
     directory = store.directory / "indexes" / backend
-    state = {"backend": backend, "passages": library.store.passage_count(),
+    passages = library.store.passage_count()
+    # Quantizing backends keep vectors exact until train_size have arrived (10,000 by default): train
+    # them on the whole collection instead, so a small corpus measures real quantization, not exact search.
+    params = {"train_size": passages} if backend in QUANTIZED else {}
+    state = {"backend": backend, "params": params, "passages": passages,
              "max_passage_id": library.store.max_passage_id(), "generation": library.store.generation()}
     if _read_json(directory / "eval-state.json") == state:
         try:
@@ -170,7 +177,7 @@ def backend_index(store: EvalStore, backend: str):
         except ValueError:
             pass
     try:
-        index = create_index(backend, library.dim)
+        index = create_index(backend, library.dim, **params)
     except ValueError as exc:
         raise RagError(f"cannot create a {backend} index: {exc}") from exc
     for ids, vectors in library.store.iter_embeddings(dim=library.dim):
