@@ -159,7 +159,8 @@ QUANTIZED = ("pq", "ivfpq")
 
 def backend_index(store: EvalStore, backend: str):
     """The backend's index over every stored embedding: loaded from its cache or built (and cached)."""
-    from indexes import create_index, load_index
+    from indexes import load_index
+    from rag.library import index_from_store
 
     library = store.library
     directory = store.directory / "indexes" / backend
@@ -176,12 +177,7 @@ def backend_index(store: EvalStore, backend: str):
                 return index
         except ValueError:
             pass
-    try:
-        index = create_index(backend, library.dim, **params)
-    except ValueError as exc:
-        raise RagError(f"cannot create a {backend} index: {exc}") from exc
-    for ids, vectors in library.store.iter_embeddings(dim=library.dim):
-        index.add(ids, vectors)
+    index = index_from_store(library.store, backend, library.dim, **params)
     shutil.rmtree(directory, ignore_errors=True)
     index.save(str(directory))
     _write_json(directory / "eval-state.json", state)

@@ -125,19 +125,12 @@ class Library:
 
     def rebuild_index(self, backend: str | None = None, **params):
         """A fresh index of ``backend`` (default: the current one) from the stored embeddings."""
-        from indexes import create_index
-
         with self.lock:
             if backend:
                 self._check_backend(backend)
                 self.backend = backend
                 self.store.set_meta("backend", backend)
-            try:
-                index = create_index(self.backend, self.dim, **params)
-            except ValueError as exc:
-                raise RagError(f"cannot create a {self.backend} index: {exc}") from exc
-            for ids, vectors in self.store.iter_embeddings(dim=self.dim):
-                index.add(ids, vectors)
+            index = index_from_store(self.store, self.backend, self.dim, **params)
             self._index = index
             self.save_index(index, force=True)
             return index
@@ -189,6 +182,19 @@ class Library:
         with self.lock:
             self._index = None
             self.store.close()
+
+
+def index_from_store(store, backend: str, dim: int, **params):
+    """A new ``backend`` index holding every stored embedding: any backend, no re-encoding."""
+    from indexes import create_index
+
+    try:
+        index = create_index(backend, dim, **params)
+    except ValueError as exc:
+        raise RagError(f"cannot create a {backend} index: {exc}") from exc
+    for ids, vectors in store.iter_embeddings(dim=dim):
+        index.add(ids, vectors)
+    return index
 
 
 def open_library(data: str | Path | None = None, model: str | None = None, backend: str | None = None,
