@@ -1,40 +1,47 @@
-"""``rag eval answer``: answer quality and latency on questions over the Python documentation.
+"""``rag eval answer``: answer quality and latency per reader, on SQuAD-format data or JSONL questions.
 
-Per reader, with and without HyDE: answer containment (a gold answer appears in the answer), token F1
-against the gold answers, citation correctness (a cited passage comes from a page that holds the
-answer; for unanswerable questions: nothing cited and the "not in the documents" reply), whether
-retrieval found a gold page at all, and latency per question. Then FiD against the prompt reader as
-the number of passages grows, with every passage fitted into the prompt so both read the same text.
+SQuAD v1.1/v2.0 (a .json file or a directory holding one): every paragraph becomes a document
+titled by its article, ingested once through the normal path into a store cached under
+<data>/eval/; every question is asked over that whole store. JSONL questions ({"id", "question",
+"answers", "pages"}; empty answers: unanswerable) are asked over the Python documentation
+(python3-doc), ingested once into <data>/bench/answer.
+
+Per reader (x HyDE): exact match and token F1 as the official SQuAD script computes them,
+containment (a normalized gold answer occurs in the answer), citation correctness (a cited
+passage holds a gold answer), groundedness (every content word of the answer occurs in the
+passages it cites; "not in the documents" asserts nothing and counts as grounded), refusal
+accuracy on unanswerable questions, and p50/p95 seconds per answer.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.squad import contains, exact_match, f1_score, is_squad, load_squad
 from rag.errors import RagError
 
 DOCS_ROOT = Path("/usr/share/doc/python3/html")
 QUESTIONS = Path(__file__).parent / "questions" / "python_docs.jsonl"
 COLLECTION = "python-docs"
+SQUAD_COLLECTION = "squad"
 # Ingested when the data directory has no python-docs collection yet: every page a question uses,
 # plus the tutorial, the FAQ and some neighbouring library pages as distractors.
 PAGES = ["tutorial", "faq", "library/json.html", "library/datetime.html", "library/collections.html",
          "library/itertools.html", "library/functools.html", "library/pathlib.html", "library/re.html",
          "library/os.path.html", "library/random.html", "library/statistics.html", "library/sqlite3.html",
          "library/venv.html", "library/string.html", "library/stdtypes.html", "library/functions.html"]
-PASSAGE_TOKENS = 320  # both readers see passages cut to the same length
 
 
 @dataclass
 class Question:
     id: str
     question: str
-    answers: list[str]
-    pages: list[str]
+    answers: list[str]  # empty: unanswerable, the reader should say the documents do not hold it
+    pages: list[str] = field(default_factory=list)
 
     @property
     def answerable(self) -> bool:
@@ -64,200 +71,231 @@ def load_questions(path: str | Path = QUESTIONS) -> list[Question]:
 
 # --- scoring --------------------------------------------------------------------------------------
 
-def _normal(text: str) -> str:
-    text = re.sub(r"\[\d+\]", " ", text)  # citation markers are not part of the answer
-    text = text.replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"')
-    return " ".join(text.lower().split())
+def grounded(answer, not_found: str) -> bool:
+    """Every content word of the answer occurs in the passages it cites; a refusal asserts nothing."""
+    from rag.readers import content_words
+
+    if answer.text == not_found:
+        return True
+    words = content_words(strip_citations(answer.text))
+    cited = " ".join(c.hit.passage.text + " " + c.hit.document.title for c in answer.citations)
+    return bool(answer.citations) and words <= content_words(cited)
 
 
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"\w+|[^\w\s]+", _normal(text))
+def strip_citations(text: str) -> str:
+    import re
 
-
-def contains_answer(prediction: str, answers: list[str]) -> bool:
-    prediction = _normal(prediction)
-    return any(_normal(a) in prediction for a in answers)
-
-
-def token_f1(prediction: str, answers: list[str]) -> float:
-    """SQuAD-style token F1 against the best-matching gold answer (punctuation tokens kept: '//', '()')."""
-    predicted = _tokens(prediction)
-    best = 0.0
-    for answer in answers:
-        gold = _tokens(answer)
-        common = sum(min(predicted.count(t), gold.count(t)) for t in set(gold))
-        if common:
-            precision, recall = common / len(predicted), common / len(gold)
-            best = max(best, 2 * precision * recall / (precision + recall))
-    return best
-
-
-def _on_page(path: str, pages: list[str]) -> bool:
-    return any(path.replace("\\", "/").endswith("/" + p) or path.endswith(p) for p in pages)
+    return re.sub(r"\s*\[\d+\]", "", text).strip()
 
 
 def score(question: Question, answer, not_found: str) -> dict:
-    cited = [c.hit.document.path for c in answer.citations]
-    retrieved = [h.document.path for h in answer.passages]
-    if question.answerable:
-        contains = contains_answer(answer.text, question.answers)
-        f1 = token_f1(answer.text, question.answers)
-        citation_ok = any(_on_page(p, question.pages) for p in cited)
-        retrieval_ok = any(_on_page(p, question.pages) for p in retrieved)
-    else:
-        contains = answer.text == not_found
-        f1 = 1.0 if contains else 0.0
-        citation_ok = not cited
-        retrieval_ok = True
-    return {"id": question.id, "answerable": question.answerable, "answer": answer.text,
-            "cited": cited, "contains": contains, "f1": round(f1, 4), "citation_ok": citation_ok,
-            "retrieval_ok": retrieval_ok, "timings": {k: round(v, 3) for k, v in answer.timings.items()}}
-
-
-# --- the benchmark --------------------------------------------------------------------------------
-
-@dataclass
-class AnswerBench:
-    settings: dict
-    configs: list[dict] = field(default_factory=list)  # one per reader x HyDE, with per-question rows
-    scaling: list[dict] = field(default_factory=list)  # one per reader x k
-
-    def to_json(self) -> dict:
-        return {"settings": self.settings, "configs": self.configs, "scaling": self.scaling}
-
-
-def ensure_corpus(library, docs_root: Path = DOCS_ROOT, pages: list[str] = PAGES, progress=None) -> int:
-    """Ingest the Python docs pages once (collection python-docs); later runs reuse the store."""
-    if library.store.documents(COLLECTION):
-        return 0
-    if not docs_root.is_dir():
-        raise RagError(f"the Python documentation is not at {docs_root}: install python3-doc (Debian) "
-                       "or pass --docs")
-    from rag.ingest import ingest_paths
-
-    paths = [str(docs_root / p) for p in pages if (docs_root / p).exists()]
-    if progress:
-        progress(f"ingesting {len(paths)} Python documentation paths into collection {COLLECTION} (once)")
-    report = ingest_paths(library, paths, collection=COLLECTION)
-    return report.passages
-
-
-def _summary(rows: list[dict]) -> dict:
-    answerable = [r for r in rows if r["answerable"]]
-    unanswerable = [r for r in rows if not r["answerable"]]
-    latencies = [r["timings"]["total"] for r in rows]
-    mean = lambda values: round(sum(values) / len(values), 4) if values else None  # noqa: E731
+    """One answer's row: the official EM/F1 (a refusal is the empty answer), containment, citation, grounding."""
+    refused = answer.text == not_found
+    prediction = "" if refused else strip_citations(answer.text)
+    gold = question.answers or [""]
+    cited_texts = [c.hit.passage.text for c in answer.citations]
     return {
-        "questions": len(rows),
-        "contains": mean([float(r["contains"]) for r in answerable]),
-        "f1": mean([r["f1"] for r in answerable]),
-        "citation": mean([float(r["citation_ok"]) for r in answerable]),
-        "retrieval": mean([float(r["retrieval_ok"]) for r in answerable]),
-        "refusal": mean([float(r["contains"]) for r in unanswerable]),
-        "latency_mean": mean(latencies),
-        "latency_p50": round(statistics.median(latencies), 3) if latencies else None,
-        "generate_mean": mean([r["timings"]["generate"] for r in rows]),
-        "hyde_mean": mean([r["timings"]["hyde"] for r in rows]),
+        "id": question.id, "answerable": question.answerable, "answer": answer.text, "refused": refused,
+        "exact_match": exact_match(prediction, gold),
+        "f1": round(f1_score(prediction, gold), 4),
+        "contains": contains(prediction, question.answers) if question.answerable else float(refused),
+        "cited_ok": float(any(contains(t, question.answers) for t in cited_texts)) if question.answerable
+        else float(refused),
+        "grounded": float(grounded(answer, not_found)),
+        "retrieved": float(any(contains(h.passage.text, question.answers) for h in answer.passages))
+        if question.answerable else None,
+        "seconds": round(answer.timings.get("total", 0.0), 4),
     }
 
 
-def run(data_dir: Path, questions_path: str | Path = QUESTIONS, readers: tuple[str, ...] = ("prompt", "fid"),
-        hyde_options: tuple[bool, ...] = (False, True), k: int = 5, mode: str = "hybrid", hyde_n: int = 2,
-        scaling_ks: tuple[int, ...] = (5, 10, 20), scaling_questions: int = 4, generator: str = "local",
-        docs_root: Path = DOCS_ROOT, limit: int | None = None, progress=None) -> AnswerBench:
-    from rag.answer import NOT_FOUND, ask
-    from rag.answer import resolve_generator
+def summarize(reader: str, hyde: bool, rows: list[dict]) -> dict:
+    """The agreed result shape (see the issue and the README): means over the questions, latency percentiles."""
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    mean = lambda values: round(sum(values) / len(values), 4) if values else None  # noqa: E731
+    seconds = sorted(r["seconds"] for r in rows)
+    p95 = seconds[min(len(seconds) - 1, int(round(0.95 * (len(seconds) - 1))))] if seconds else None
+    return {"reader": reader, "hyde": hyde,
+            "exact_match": mean([r["exact_match"] for r in rows]),
+            "f1": mean([r["f1"] for r in rows]),
+            "contains": mean([r["contains"] for r in answerable]),
+            "cited_ok": mean([r["cited_ok"] for r in answerable]),
+            "grounded": mean([r["grounded"] for r in rows]),
+            "refusal_ok": mean([r["contains"] for r in unanswerable]),
+            "p50_s": round(statistics.median(seconds), 4) if seconds else None,
+            "p95_s": round(p95, 4) if p95 is not None else None}
+
+
+# --- datasets -------------------------------------------------------------------------------------
+
+@dataclass
+class AnswerDataset:
+    """Questions plus the open library they are asked over (and the filter that selects their documents)."""
+
+    path: str
+    questions: list[Question]
+    library: object
+    where: dict | None
+    documents: int
+
+
+def _fingerprint(path: Path, extra: str) -> str:
+    digest = hashlib.sha256(extra.encode())
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def open_squad(path: str | Path, data_dir: Path, progress=None) -> AnswerDataset:
+    """The SQuAD file's paragraphs in a store cached under <data>/eval/squad-<hash>/ (ingested once)."""
+    from rag.encoders import load_encoder
+    from rag.ingest import ingest_documents
     from rag.library import open_library
 
-    questions = load_questions(questions_path)[:limit]
+    dataset = load_squad(path)
+    encoder = load_encoder()
+    directory = Path(data_dir) / "eval" / f"squad-{_fingerprint(dataset.path, encoder.name)}"
+    library = open_library(directory, encoder=encoder)
+    stored = library.store.documents(SQUAD_COLLECTION)
+    if len(stored) != len(dataset.documents):
+        if progress:
+            progress(f"ingesting {len(dataset.documents):,} paragraphs of {dataset.path} into {directory} (once)")
+        report = ingest_documents(library, dataset.documents, collection=SQUAD_COLLECTION)
+        if report.failures:
+            progress and progress(f"{len(report.failures)} paragraphs failed: {report.failures[:3]}")
+    questions = [Question(id=q.id, question=q.question, answers=q.answers) for q in dataset.questions]
+    return AnswerDataset(str(dataset.path), questions, library, {"collection": SQUAD_COLLECTION},
+                         len(dataset.documents))
+
+
+def open_python_docs(questions_path: str | Path, data_dir: Path, docs_root: Path = DOCS_ROOT,
+                     progress=None) -> AnswerDataset:
+    """JSONL questions over the Python documentation pages, ingested once into <data>/bench/answer."""
+    from rag.library import open_library
+
+    questions = load_questions(questions_path)
     library = open_library(Path(data_dir) / "bench" / "answer")
+    if not library.store.documents(COLLECTION):
+        if not docs_root.is_dir():
+            library.close()
+            raise RagError(f"the Python documentation is not at {docs_root}: install python3-doc (Debian) "
+                           "or pass --docs")
+        from rag.ingest import ingest_paths
+
+        paths = [str(docs_root / p) for p in PAGES if (docs_root / p).exists()]
+        if progress:
+            progress(f"ingesting {len(paths)} Python documentation paths into collection {COLLECTION} (once)")
+        ingest_paths(library, paths, collection=COLLECTION)
+    return AnswerDataset(str(questions_path), questions, library, {"collection": COLLECTION},
+                         len(library.store.documents(COLLECTION)))
+
+
+def open_dataset(path: str | Path | None, data_dir: Path, docs_root: Path = DOCS_ROOT, progress=None
+                 ) -> AnswerDataset:
+    """SQuAD JSON (file or directory) or JSONL questions (default: the shipped Python-docs questions)."""
+    if path is not None and is_squad(path):
+        return open_squad(path, data_dir, progress)
+    return open_python_docs(path or QUESTIONS, data_dir, docs_root, progress)
+
+
+def spread(questions: list[Question], limit: int | None) -> list[Question]:
+    """``limit`` questions evenly spaced over the file (every article represented), in file order."""
+    if not limit or limit >= len(questions):
+        return list(questions)
+    return [questions[i * len(questions) // limit] for i in range(limit)]
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+@dataclass
+class AnswerReport:
+    dataset: dict
+    results: list[dict]
+    rows: dict = field(default_factory=dict)  # "reader/hyde" -> per-question rows
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "results": self.results}
+
+
+def run(data_dir: Path, dataset_path: str | Path | None = None, readers: tuple[str, ...] = ("extract", "prompt", "fid"),
+        hyde_options: tuple[bool, ...] = (False,), k: int = 5, mode: str = "hybrid", hyde_n: int = 2,
+        generator: str = "local", docs_root: Path = DOCS_ROOT, limit: int | None = None,
+        progress=None) -> AnswerReport:
+    from rag.answer import NOT_FOUND, ask, resolve_generator
+    from rag.readers import NEEDS_GENERATOR, get_reader
+
+    for reader in readers:
+        get_reader(reader)  # an unknown name fails before anything is ingested
+    data = open_dataset(dataset_path, Path(data_dir), docs_root, progress)
+    library = data.library
     try:
-        ensure_corpus(library, docs_root, progress=progress)
-        gen = resolve_generator(generator, library)
-        where = {"collection": COLLECTION}
-        bench = AnswerBench(settings={
-            "questions": str(questions_path), "k": k, "mode": mode, "hyde_n": hyde_n, "generator": gen.name,
-            "passages": library.store.passage_count(), "passage_tokens": PASSAGE_TOKENS,
-            "documents": len(library.store.documents(COLLECTION))})
-        ask(library, questions[0].question, k=1, mode=mode, generator=gen, where=where)  # warm-up, not timed
+        questions = spread(data.questions, limit)
+        needs_generator = any(r in NEEDS_GENERATOR for r in readers) or any(hyde_options)
+        gen = resolve_generator(generator, library) if needs_generator else None
+        report = AnswerReport(dataset={"path": data.path, "questions": len(questions), "documents": data.documents},
+                              results=[])
+        ask(library, questions[0].question, k=1, mode=mode, reader="extract", where=data.where)  # warm-up
         for reader in readers:
             for hyde in hyde_options:
+                if reader in NEEDS_GENERATOR or hyde:
+                    ask(library, questions[0].question, k=k, mode=mode, reader=reader, generator=gen,
+                        where=data.where)  # warm-up: the first call builds cached prompt prefixes
                 rows = []
-                for q in questions:
+                for n, q in enumerate(questions, 1):
                     answer = ask(library, q.question, k=k, mode=mode, hyde=hyde, hyde_n=hyde_n, reader=reader,
-                                 generator=gen, where=where, passage_tokens=PASSAGE_TOKENS)
+                                 generator=gen, where=data.where)
                     rows.append(score(q, answer, NOT_FOUND))
-                    if progress:
-                        progress(f"{reader}{' +HyDE' if hyde else ''} {q.id}: {answer.text[:70]!r} "
-                                 f"({answer.timings['total']:.1f} s)")
-                bench.configs.append({"reader": reader, "hyde": hyde, **_summary(rows), "rows": rows})
-        sample = [q for q in questions if q.answerable][:scaling_questions]
-        for depth in scaling_ks:
-            for reader in readers:
-                options = {"passage_tokens": PASSAGE_TOKENS}
-                if reader == "prompt":  # room for every passage, so both readers read the same text
-                    options["context_tokens"] = depth * (PASSAGE_TOKENS + 40) + 400
-                generate, total, correct = [], [], 0
-                for q in sample:
-                    answer = ask(library, q.question, k=depth, mode=mode, reader=reader, generator=gen,
-                                 where=where, min_relevance=-1.0, **options)
-                    generate.append(answer.timings["generate"])
-                    total.append(answer.timings["total"])
-                    correct += contains_answer(answer.text, q.answers)
-                    if progress:
-                        progress(f"k={depth} {reader} {q.id}: generate {answer.timings['generate']:.1f} s")
-                bench.scaling.append({"k": depth, "reader": reader, "questions": len(sample),
-                                      "generate_mean": round(sum(generate) / len(generate), 3),
-                                      "total_mean": round(sum(total) / len(total), 3),
-                                      "contains": round(correct / len(sample), 3)})
-        return bench
+                    if progress and (n % 50 == 0 or n == len(questions)):
+                        done = summarize(reader, hyde, rows)
+                        progress(f"{reader}{' +HyDE' if hyde else ''} {n}/{len(questions)}: EM {done['exact_match']:.3f} "
+                                 f"F1 {done['f1']:.3f} contains {done['contains'] or 0:.3f} p50 {done['p50_s']:.2f} s")
+                report.results.append(summarize(reader, hyde, rows))
+                report.rows[f"{reader}/{'hyde' if hyde else 'plain'}"] = rows
+        return report
     finally:
         library.close()
 
 
-def format_table(bench: AnswerBench) -> str:
-    s = bench.settings
-    lines = [f"Answers on {s['documents']} Python documentation pages ({s['passages']} passages), "
-             f"generator {s['generator']}, k={s['k']}, {s['mode']} retrieval, HyDE n={s['hyde_n']}",
-             "",
-             f"{'reader':<8} {'HyDE':<5} {'contains':>8} {'F1':>6} {'cited ok':>8} {'retrieved':>9} "
-             f"{'refusal':>7} {'latency s':>9} {'p50 s':>6} {'gen s':>6} {'HyDE s':>6}"]
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    for c in bench.configs:
-        lines.append(f"{c['reader']:<8} {'yes' if c['hyde'] else 'no':<5} {fmt(c['contains']):>8} {fmt(c['f1']):>6} "
-                     f"{fmt(c['citation']):>8} {fmt(c['retrieval']):>9} {fmt(c['refusal']):>7} "
-                     f"{fmt(c['latency_mean']):>9} {fmt(c['latency_p50']):>6} {fmt(c['generate_mean']):>6} "
-                     f"{fmt(c['hyde_mean']):>6}")
-    if bench.scaling:
-        lines += ["", "Reader latency as k grows (every passage in context; mean over "
-                      f"{bench.scaling[0]['questions']} questions)",
-                  f"{'k':>3} {'reader':<8} {'generate s':>10} {'total s':>8} {'contains':>8}"]
-        for r in bench.scaling:
-            lines.append(f"{r['k']:>3} {r['reader']:<8} {r['generate_mean']:>10.2f} {r['total_mean']:>8.2f} "
-                         f"{r['contains']:>8.2f}")
-    lines += ["", "contains/F1/cited ok/retrieved: answerable questions; refusal: unanswerable ones answered "
-                  "'not in the documents'."]
+def format_table(report: AnswerReport) -> str:
+    d = report.dataset
+    fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
+    lines = [f"Answers on {d['path']}: {d['questions']:,} questions over {d['documents']:,} documents", "",
+             f"{'reader':<8} {'HyDE':<5} {'EM':>6} {'F1':>6} {'contains':>8} {'cited ok':>8} {'grounded':>8} "
+             f"{'refusal':>7} {'p50 s':>7} {'p95 s':>7}"]
+    for r in report.results:
+        lines.append(f"{r['reader']:<8} {'yes' if r['hyde'] else 'no':<5} {fmt(r['exact_match']):>6} {fmt(r['f1']):>6} "
+                     f"{fmt(r['contains']):>8} {fmt(r['cited_ok']):>8} {fmt(r['grounded']):>8} "
+                     f"{fmt(r['refusal_ok']):>7} {fmt(r['p50_s'], '.2f'):>7} {fmt(r['p95_s'], '.2f'):>7}")
+    lines += ["", "EM/F1: official SQuAD normalization, best over the gold answers (a refusal is the empty answer); "
+                  "contains/cited ok: answerable questions; refusal: unanswerable ones."]
     return "\n".join(lines)
 
 
-def plot(bench: AnswerBench, path: Path) -> Path:
-    """Generation time against k for each reader."""
+def plot(report: AnswerReport, path: Path) -> Path:
+    """Quality per reader (EM, F1, containment) beside its median seconds per answer."""
     from eval.plots import plt, save_figure  # Agg: files only
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for reader in sorted({r["reader"] for r in bench.scaling}):
-        rows = [r for r in bench.scaling if r["reader"] == reader]
-        ax.plot([r["k"] for r in rows], [r["generate_mean"] for r in rows], marker="o", label=reader)
-    ax.set_xlabel("passages (k)")
-    ax.set_ylabel("generation time per question (s)")
-    ax.set_title("Prompt reader vs fusion-in-decoder")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    labels = [f"{r['reader']}{'+HyDE' if r['hyde'] else ''}" for r in report.results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.25
+    for i, metric in enumerate(("exact_match", "f1", "contains")):
+        left.bar([x + i * width for x in range(len(labels))], [r[metric] or 0 for r in report.results], width,
+                 label=metric)
+    left.set_xticks([x + width for x in range(len(labels))], labels)
+    left.set_ylim(0, 1)
+    left.set_title("Answer quality")
+    left.legend()
+    right.bar(labels, [r["p50_s"] or 0 for r in report.results], color="grey")
+    right.set_ylabel("p50 seconds per answer")
+    right.set_title("Latency")
+    fig.suptitle(Path(report.dataset["path"]).name)
     return save_figure(fig, path)
 
 
-def save(bench: AnswerBench, directory: Path) -> Path:
+def save(report: AnswerReport, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"answer-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    target.write_text(json.dumps(bench.to_json(), indent=2), encoding="utf-8")
+    target.write_text(json.dumps({**report.to_json(), "rows": report.rows}, indent=2), encoding="utf-8")
     return target
+

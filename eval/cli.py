@@ -157,47 +157,50 @@ def ann(vectors_file, n, backends, data, as_json) -> None:
 
 
 @eval_group.command("answer")
+@click.argument("dataset", required=False, type=click.Path(exists=True))
 @click.option("--questions", "questions_path", default=None, type=click.Path(dir_okay=False),
-              help="JSONL questions {id, question, answers, pages} (default: eval/questions/python_docs.jsonl).")
-@click.option("--readers", default="prompt,fid", show_default=True, help="Comma-separated readers.")
-@click.option("--no-hyde", is_flag=True, help="Skip the HyDE runs.")
+              help="JSONL questions {id, question, answers, pages} over the Python docs (the default dataset).")
+@click.option("--readers", default="extract,prompt,fid", show_default=True, help="Comma-separated readers.")
+@click.option("--hyde", is_flag=True, help="Also run every reader with HyDE query expansion.")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 50), help="Passages per answer.")
 @click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["dense", "keyword", "hybrid"]))
 @click.option("--hyde-n", default=2, show_default=True, type=click.IntRange(1, 16), help="Hypothetical passages.")
-@click.option("--scaling-ks", default="5,10,20", show_default=True, help="k values for FiD vs prompt latency ('' skips).")
-@click.option("--scaling-questions", default=4, show_default=True, type=click.IntRange(1, 100),
-              help="Questions timed at each k.")
 @click.option("--generator", default="local", show_default=True, help="Generator engine or model directory.")
-@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N questions.")
+@click.option("--limit", default=None, type=click.IntRange(1),
+              help="Only N questions, evenly spaced over the dataset (every article represented).")
 @click.option("--docs", "docs_root", default="/usr/share/doc/python3/html", show_default=True,
               type=click.Path(file_okay=False), help="The Python documentation HTML (python3-doc).")
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
-              help="Data directory; the docs store and results go under <data>/bench/ (default ./rag-data).")
+              help="Data directory; dataset stores are cached under <data>/eval/, results under <data>/bench/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def answer(questions_path, readers, no_hyde, k, mode, hyde_n, scaling_ks, scaling_questions, generator, limit,
-           docs_root, data, as_json) -> None:
-    """Answer quality (containment, token F1, citation correctness) and latency per reader, with and
-    without HyDE, on questions over the Python docs; then FiD vs prompt latency as k grows (PNG plot)."""
+def answer(dataset, questions_path, readers, hyde, k, mode, hyde_n, generator, limit, docs_root, data,
+           as_json) -> None:
+    """Answer quality and latency per reader (x HyDE) on DATASET: a SQuAD v1.1/v2.0 JSON file (or a
+    directory holding one), or JSONL questions; default: questions over the Python docs.
+
+    Exact match and F1 (official SQuAD normalization), containment, citation correctness, groundedness,
+    refusal accuracy (unanswerable questions), p50/p95 seconds per answer; a PNG plot under <data>/bench/."""
     import json
     from pathlib import Path
 
-    from eval.answer_bench import QUESTIONS, format_table, plot, run, save
+    from eval.answer_bench import format_table, plot, run, save
     from rag.config import data_dir
     from rag.errors import RagError
 
+    if dataset and questions_path:
+        raise click.ClickException("give DATASET or --questions, not both")
     root = data_dir(data)
     try:
-        bench = run(root, questions_path or QUESTIONS, readers=tuple(_names(readers) or ["prompt", "fid"]),
-                    hyde_options=(False,) if no_hyde else (False, True), k=k, mode=mode, hyde_n=hyde_n,
-                    scaling_ks=tuple(int(v) for v in _names(scaling_ks) or []), scaling_questions=scaling_questions,
-                    generator=generator, docs_root=Path(docs_root), limit=limit,
-                    progress=lambda line: click.echo(line, err=True))
+        report = run(root, dataset or questions_path, readers=tuple(_names(readers) or ["extract"]),
+                     hyde_options=(False, True) if hyde else (False,), k=k, mode=mode, hyde_n=hyde_n,
+                     generator=generator, docs_root=Path(docs_root), limit=limit,
+                     progress=lambda line: click.echo(line, err=True))
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
-    saved = save(bench, root / "bench")
-    png = plot(bench, root / "bench" / "answer-latency.png") if bench.scaling else None
-    click.echo(json.dumps(bench.to_json(), indent=2) if as_json else format_table(bench))
-    click.echo(f"results: {saved}" + (f"\nplot: {png}" if png else ""), err=True)
+    saved = save(report, root / "bench")
+    png = plot(report, root / "bench" / f"answer-{Path(report.dataset['path']).stem}.png")
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_table(report))
+    click.echo(f"results: {saved}\nplot: {png}", err=True)
 
 
 @eval_group.command("report")

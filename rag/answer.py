@@ -16,12 +16,11 @@ MIN_RELEVANCE = 0.25
 MAX_K = 50
 
 
-def relevance(library, question: str, hits: list[Hit]) -> list[float]:
-    """Cosine similarity of the question to each hit, from the stored passage embeddings (any search mode)."""
+def relevance(library, query: np.ndarray, hits: list[Hit]) -> list[float]:
+    """Cosine similarity of the question's vector to each hit, from the stored passage embeddings (any mode)."""
     if not hits:
         return []
     ids, vectors = library.store.embeddings(ids=[h.passage.id for h in hits], dim=library.dim)
-    query = library.encoder.encode([question])[0]
     by_id = dict(zip(ids.tolist(), (vectors @ query).tolist()))
     return [float(by_id.get(h.passage.id, 0.0)) for h in hits]
 
@@ -35,16 +34,17 @@ def resolve_generator(generator, library):
     return generator
 
 
-def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = False, reader: str = "prompt",
+def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = False, reader: str | None = None,
         generator=None, where: dict[str, str] | None = None, on_token: Callable[[str], None] | None = None,
         max_new_tokens: int | None = None, min_relevance: float = MIN_RELEVANCE, seed: int | None = 0,
         hyde_n: int | None = None, **reader_options) -> Answer:
     """Answer ``question`` from the library's passages, citing them; says so when they do not hold the answer.
 
-    ``reader_options`` go to the reader (e.g. ``context_tokens`` for prompt, ``passage_tokens`` for fid).
+    ``reader_options`` go to the reader (e.g. ``sentences`` for prompt, ``passage_tokens`` for fid).
+    The generator is loaded only when the reader or HyDE needs one.
     """
     from rag.hyde import DEFAULT_N, hyde_vector
-    from rag.readers import DEFAULT_MAX_NEW_TOKENS, get_reader
+    from rag.readers import DEFAULT_MAX_NEW_TOKENS, DEFAULT_READER, NEEDS_GENERATOR, get_reader
     from rag.search import search
 
     started = time.perf_counter()
@@ -53,10 +53,12 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
     question = " ".join(question.split())
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise RagError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+    reader = reader or DEFAULT_READER
     read = get_reader(reader)
     if library.store.passage_count() == 0:
         raise RagError(f"no documents in {library.data_dir}: add some with `rag ingest PATH` first")
-    generator = resolve_generator(generator, library)
+    if reader in NEEDS_GENERATOR or hyde:
+        generator = resolve_generator(generator, library)
     timings = {"retrieve": 0.0, "hyde": 0.0, "generate": 0.0, "total": 0.0}
 
     vector, hypothetical = None, []
@@ -66,15 +68,18 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
         timings["hyde"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    hits = search(library, question, k=int(k), mode=mode, where=where, query_vector=vector)
-    scores = relevance(library, question, hits)
+    question_vector = library.encoder.encode([question])[0]  # encoded once: search, relevance, evidence
+    hits = search(library, question, k=int(k), mode=mode, where=where,
+                  query_vector=question_vector if vector is None else vector)
+    scores = relevance(library, question_vector, hits)
     timings["retrieve"] = time.perf_counter() - t
 
     text, citations = NOT_FOUND, []
     if hits and max(scores) >= min_relevance:
         t = time.perf_counter()
-        reading = read(question, hits, generator, max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                       on_token=on_token, seed=seed, **reader_options)
+        reading = read(question, hits, generator, encoder=library.encoder,
+                       max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS, on_token=on_token, seed=seed,
+                       question_vector=question_vector, **reader_options)
         timings["generate"] = time.perf_counter() - t
         if reading.cited and reading.text:
             citations = [Citation(n=n, hit=hits[n - 1]) for n in reading.cited]

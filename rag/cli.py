@@ -287,13 +287,15 @@ def serve(host: str, port: int, threads: int, generator: str, data: str | None) 
 @click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["dense", "keyword", "hybrid"]),
               help="How passages are retrieved.")
 @click.option("--hyde", is_flag=True, help="Expand the query with hypothetical passages the generator writes (HyDE).")
-@click.option("--reader", default="prompt", show_default=True, type=click.Choice(["prompt", "fid"]),
-              help="prompt: numbered passages in one prompt; fid: fusion-in-decoder, each passage encoded on its own.")
+@click.option("--reader", default=None, type=click.Choice(["extract", "prompt", "fid"]),
+              help="extract: the best phrase of the passages, no generator; prompt: the generator copies the "
+                   "answer from the best sentences; fid: fusion-in-decoder over whole passages "
+                   "(default: the reader that measures best, see README).")
 @click.option("--generator", default="local", show_default=True,
               help="local (Gemma 3 270M, converted once into DATA/models), openai (RAG_OPENAI_BASE_URL, "
                    "RAG_OPENAI_MODEL, RAG_OPENAI_API_KEY), or a Hugging Face model directory.")
 @click.option("--where", multiple=True, metavar="FIELD=VALUE", help="Filter passages, as in `rag search` (repeatable).")
-@click.option("--max-tokens", default=None, type=click.IntRange(1, 2048), help="Longest answer in tokens (default 48).")
+@click.option("--max-tokens", default=None, type=click.IntRange(1, 2048), help="Longest answer in tokens (default 16).")
 @click.option("--json", "as_json", is_flag=True, help="Print {question, answer, citations, passages, hyde, timings}.")
 @model_option
 @data_option
@@ -318,7 +320,9 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
         click.echo(piece, nl=False)
 
     try:
-        if generator == "local" and not as_json:
+        from rag.readers import DEFAULT_READER, NEEDS_GENERATOR
+
+        if generator == "local" and not as_json and ((reader or DEFAULT_READER) in NEEDS_GENERATOR or hyde):
             from rag.generators import DEFAULT_MODEL_DIRNAME, model_cache_dir
 
             if not (model_cache_dir(library.data_dir) / DEFAULT_MODEL_DIRNAME / "config.json").exists():

@@ -1,50 +1,73 @@
-"""Readers turn a question and its retrieved passages into an answer that cites passages by number.
+"""Readers turn a question and its retrieved passages into a short answer that cites its passage.
 
-- ``prompt``: the passages, numbered, fitted into a token budget, and an instruction to answer only
-  from them; the answer opens with the passage it used, ``(passage [n])``, which is parsed back.
-- ``fid``: fusion-in-decoder (Izacard & Grave 2020). Each passage is encoded on its own and the
-  decoder attends over all of them at once, so cost grows linearly with the number of passages.
-  Encoder-decoder models (T5 family): the encoder runs per passage, the outputs are concatenated and
-  passed to generation as ``encoder_outputs``. Decoder-only models (the default): each passage's
-  key/value cache is computed on its own after a shared prefix, all from the same position (parallel
-  context windows), the caches are concatenated, and the question and answer attend over all of them.
+Every reader answers only with text the passages hold, so nothing unsupported reaches the user
+with a citation on it:
+
+- ``extract``: no generator. The evidence sentences (rag.evidence) are ranked by the encoder, and
+  the best-scoring phrase among them that fits the question (rag.spans) is the answer.
+- ``prompt``: the best evidence sentences in one short few-shot prompt; the generator's decoding is
+  constrained to copy a span of them (rag.copying), so the generator chooses the span and the
+  passage it came from is the citation.
+- ``fid``: fusion-in-decoder (Izacard & Grave 2020): each passage is encoded on its own and the
+  decoder reads all of them at once; on decoder-only models each passage's key/value cache is
+  computed on its own after a shared prefix, all from the same position (parallel context windows),
+  and the caches are concatenated. Decoding is constrained to copy from the passages, as above.
+
+Generators that cannot be constrained (a remote OpenAI-compatible server, encoder-decoder models)
+write freely; the answer is then checked against the passages, and one they do not support falls
+back to the extractive answer.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
+from rag.copying import Copy, copy_decode, stop_tokens
 from rag.errors import RagError
-from rag.generators import cut_at_stop, pick_tokens, stream_until_stop
+from rag.evidence import STOP_WORDS, WORD, Sentence, answer_type, fits_type, rank_sentences
 from rag.records import Hit
 
-INSTRUCTION = ("Answer the question using only the numbered passages. "
-               "Start with the number of the passage that contains the answer.")
-EXAMPLE = (
-    "Passages:\n"
-    "[1] Eiffel Tower: The Eiffel Tower is a wrought-iron lattice tower in Paris. "
-    "It is 330 metres tall and was completed in 1889.\n\n"
-    "[2] Kilimanjaro: Mount Kilimanjaro is a dormant volcano in Tanzania and the highest mountain in Africa.\n\n"
-    "Question: When was the Eiffel Tower completed?\n"
-    "Answer (passage [1]): In 1889.\n\n"
-    "Question: Which is the highest mountain in Africa?\n"
-    "Answer (passage [2]): Mount Kilimanjaro.\n\n"
+DEFAULT_MAX_NEW_TOKENS = 16  # answers are short phrases: SQuAD's average 3 words
+EVIDENCE_SENTENCES = 2  # sentences the prompt reader reads (top 2 hold the answer ~88% on SQuAD dev)
+TYPE_BONUS = 1.0  # log-prob added to a first token that fits the expected answer type
+ECHO_PENALTY = 2.0  # log-prob taken from a first token that repeats the question or is a stop word
+STOP_BONUS = 1.0  # log-prob added to ending the answer, against copying on
+# Hand-written examples (no dataset text): short spans, one per common question form.
+EXAMPLES = (
+    "Context: The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889 for the World's Fair.\n"
+    "Question: When was the Eiffel Tower completed?\nAnswer: 1889\n\n"
+    "Context: Mount Kilimanjaro, a dormant volcano in Tanzania, is the highest mountain in Africa.\n"
+    "Question: In which country is Mount Kilimanjaro?\nAnswer: Tanzania\n\n"
+    "Context: The novel was written by Mary Shelley, who began it during a stay near Geneva in 1816.\n"
+    "Question: Who wrote the novel?\nAnswer: Mary Shelley\n\n"
+    "Context: Water boils at 100 degrees Celsius at sea level, but at lower temperatures on high mountains "
+    "because the air pressure is lower.\n"
+    "Question: Why does water boil at lower temperatures on high mountains?\nAnswer: the air pressure is lower\n\n"
+    "Context: The orchestra, founded in 1842, has 106 musicians and performs over 180 concerts a year.\n"
+    "Question: How many musicians does the orchestra have?\nAnswer: 106\n\n"
 )
-ANSWER_OPENING = "Answer (passage ["
-STOP = ["\n"]  # an answer is one line; a base model would go on with more questions
-DEFAULT_MAX_NEW_TOKENS = 48
-HEADER = re.compile(r"\s*(\d+(?:\s*(?:,|\]\s*\[)\s*\d+)*)\s*\]\)?\s*:?\s*")
-INLINE_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 @dataclass
 class Reading:
-    """What a reader wrote, and which of its passages (1-based) the answer cites."""
+    """What a reader answered, and which of its passages (1-based) the answer cites."""
 
     text: str
     cited: list[int] = field(default_factory=list)
-    passages_used: int = 0  # how many of the given passages fitted into the reader's context
+    passages_used: int = 0  # how many of the given passages the reader read
+    confidence: float = 0.0  # the reader's own score for the answer (reader-specific scale)
+    method: str = ""  # how the answer was found: "copy", "extract", "checked", "fallback"
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in WORD.findall(text.lower()) if w not in STOP_WORDS}
+
+
+def supported(answer: str, passage: str) -> bool:
+    """Every content word of the answer occurs in the passage (the groundedness test)."""
+    words = content_words(answer)
+    return bool(words) and words <= content_words(passage)
 
 
 def short_title(title: str) -> str:
@@ -52,173 +75,210 @@ def short_title(title: str) -> str:
     return re.split(r"\s+[—|]\s+", title.strip())[0]
 
 
-def passage_block(n: int, hit: Hit, text: str | None = None) -> str:
-    title = short_title(hit.document.title or hit.document.path or "")
-    body = " ".join((hit.passage.text if text is None else text).split())
-    return f"[{n}] {title}: {body}\n\n" if title else f"[{n}] {body}\n\n"
+# --- the extractive reader ------------------------------------------------------------------------
+
+def read_extractive(question: str, hits: list[Hit], generator=None, encoder=None,
+                    on_token: Callable[[str], None] | None = None, sentences: int = 3, question_vector=None,
+                    **_) -> Reading:
+    """The best phrase of the best evidence sentences; no generator needed."""
+    if encoder is None:
+        raise RagError("the extract reader needs the encoder")
+    ranked = rank_sentences(question, hits, encoder, question_vector)
+    return extract_from(question, hits, ranked[:sentences], on_token)
 
 
-def question_block(question: str) -> str:
-    return f"Question: {' '.join(question.split())}\n{ANSWER_OPENING}"
+def extract_from(question: str, hits: list[Hit], evidence: list[Sentence],
+                 on_token: Callable[[str], None] | None = None) -> Reading:
+    from rag.spans import candidate_spans
+
+    spans = candidate_spans(question, evidence, lambda s: hits[s.n - 1].passage.text)
+    if not spans:
+        return Reading(text="", passages_used=len(hits), method="extract")
+    best = spans[0]
+    if on_token:
+        on_token(best.text)
+    return Reading(text=best.text, cited=[best.sentence.n], passages_used=len(hits), confidence=best.score,
+                   method="extract")
 
 
-def parse_answer(raw: str, n_passages: int) -> Reading:
-    """Split "2]): text [3]" into the answer text and the valid passage numbers it cites."""
-    cited: list[int] = []
-    match = HEADER.match(raw)
-    text = raw[match.end():] if match else raw
-    numbers = re.findall(r"\d+", match.group(1)) if match else []
-    for group in INLINE_CITATION.findall(text):
-        numbers += re.findall(r"\d+", group)
-    for number in numbers:
-        n = int(number)
-        if 1 <= n <= n_passages and n not in cited:
-            cited.append(n)
-    text = INLINE_CITATION.sub("", text).strip()
-    text = re.sub(r"\s+([.,;:])", r"\1", text)
-    return Reading(text=text, cited=cited, passages_used=n_passages)
+# --- constrained generation -----------------------------------------------------------------------
+
+NEAR_WEIGHT = 0.15  # log-prob taken per word between an answer's first word and the question's words
+NEAR_CAP = 8
 
 
-WORD = re.compile(r"\w+")
-STOPWORDS = set("""a an and are as at be by can do does for from has have how i in is it its of on or
-that the their there these this to was were what when where which who why will with you your""".split())
+def copy_sources(question: str, texts: list[str], tokenizer):
+    """Token sequences of ``texts`` and the cues that steer copying from them.
 
-
-def content_words(text: str) -> set[str]:
-    return {w for w in WORD.findall(text.lower()) if w not in STOPWORDS}
-
-
-def support(answer: str, passage: str) -> float:
-    """The share of the answer's content words that the passage contains (0..1)."""
-    words = content_words(answer)
-    return len(words & content_words(passage)) / len(words) if words else 0.0
-
-
-def ground(reading: Reading, hits: list[Hit], min_support: float = 0.5) -> Reading:
-    """Keep only citations whose passage supports the answer; else cite the passage that supports it best.
-
-    A small model names passages unreliably (it tends to copy the example's number), while its answers
-    are mostly lifted from a passage, so word overlap checks and repairs the citation.
-    An answer that no passage supports cites nothing.
+    Returns (sources, prior, stop_prior) for rag.copying.copy_decode: an answer should start at a
+    word that fits the expected type, sits near the question's words in its sentence (the classic
+    SQuAD cue) and does not repeat the question; it should stop before running into the question's
+    words or punctuation.
     """
-    hits = hits[: reading.passages_used]
-    scores = {n: support(reading.text, hit.passage.text + " " + hit.document.title) for n, hit in enumerate(hits, 1)}
-    kept = [n for n in reading.cited if scores.get(n, 0.0) >= min_support]
-    if not kept and scores:
-        best = max(scores, key=scores.get)  # the first (best-ranked) among equals
-        if scores[best] >= min_support:
-            kept = [best]
-    return Reading(text=reading.text, cited=kept, passages_used=reading.passages_used)
+    from rag.evidence import stem
+
+    kind = answer_type(question)
+    asked = {stem(w) for w in WORD.findall(question.lower())}
+    sources, tables = [], []
+    for text in texts:
+        encoded = tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
+        words = [(m.group(0), m.start(), m.end()) for m in WORD.finditer(" " + text)]
+        starts = {start: w for w, (_, start, _) in enumerate(words)}
+        echo = [stem(word) in asked for word, _, _ in words]
+        anchors = [w for w, (word, _, _) in enumerate(words) if echo[w] and word.lower() not in STOP_WORDS]
+        table = []  # per token: (word index, starts a word, is punctuation)
+        for start, end in encoded["offset_mapping"]:
+            piece = (" " + text)[start:end]
+            lead = start + len(piece) - len(piece.lstrip())
+            word = starts.get(lead)
+            table.append((word, word is not None, not piece.strip() or not piece.strip()[0].isalnum()))
+        sources.append(encoded["input_ids"])
+        tables.append((words, echo, anchors, table))
+
+    def position_score(i: int, j: int, first: bool) -> float:
+        words, echo, anchors, table = tables[i]
+        word, starts_word, punctuation = table[j]
+        if not first:
+            return -ECHO_PENALTY if starts_word and echo[word] else 0.0
+        if not starts_word:
+            return -3.0
+        text = words[word][0]
+        value = 0.0
+        if echo[word] or text.lower() in STOP_WORDS:
+            value -= ECHO_PENALTY
+        if kind != "other" and fits_type(kind, text):
+            value += TYPE_BONUS
+        if anchors:
+            value -= NEAR_WEIGHT * min(min(abs(word - a) for a in anchors), NEAR_CAP)
+        return value
+
+    def prior(token: int, states: list[tuple[int, int]], first: bool) -> float:
+        return max(position_score(i, j - 1, first) for i, j in states)
+
+    def stop_prior(states: list[tuple[int, int]]) -> float:
+        best = 0.0
+        for i, j in states:
+            table = tables[i][3]
+            if j >= len(table):
+                return STOP_BONUS + 1.0
+            word, starts_word, punctuation = table[j]
+            if punctuation:
+                best = max(best, 0.5)
+            elif starts_word and tables[i][1][word]:
+                best = max(best, 1.0)
+        return STOP_BONUS + best
+
+    return sources, prior, stop_prior
 
 
-def answer_pieces(pieces: Iterator[str]) -> Iterator[str]:
-    """The streamed answer without its "n]): " opening, so a user sees only the answer text."""
-    buffer, opened = "", False
-    for piece in pieces:
-        if opened:
-            yield piece
-            continue
-        buffer += piece
-        match = HEADER.match(buffer)
-        if match and match.end() < len(buffer):
-            opened = True
-            yield buffer[match.end():]
-        elif len(buffer) > 24:
-            opened = True
-            yield buffer
-    if not opened and buffer and not HEADER.fullmatch(buffer):
-        yield buffer
+def _cached_prefix(generator, prefix: str):
+    """The key/value cache of a fixed prompt prefix, computed once per generator and copied per use."""
+    from transformers import DynamicCache
+
+    store = generator.__dict__.setdefault("_prefix_caches", {})
+    if prefix not in store:
+        ids = generator.tokenizer(prefix, return_tensors="pt")["input_ids"]  # with BOS
+        cache = generator.model.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True).past_key_values
+        store[prefix] = (ids.shape[1], [(layer.keys, layer.values) for layer in cache.layers])
+    length, layers = store[prefix]
+    return length, DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in layers])
 
 
-def _truncate(tokenizer, text: str, max_tokens: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return text
-    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True) + " ..."
+def _can_copy(generator) -> bool:
+    return getattr(generator, "model", None) is not None and not generator.is_encoder_decoder
 
 
-def _count(generator, text: str) -> int:
-    counter = getattr(generator, "count_tokens", None)
-    return counter(text) if counter else len(text) // 4 + 1  # remote engines: about 4 characters a token
+def _answer_block(question: str) -> str:
+    return f"Question: {' '.join(question.split())}\nAnswer:"
+
+
+def _reading_from_copy(copy: Copy | None, cite: Callable[[int], int], used: int) -> Reading:
+    if copy is None or not content_words(copy.text):
+        return Reading(text="", passages_used=used, method="copy")
+    return Reading(text=copy.text, cited=[cite(copy.source)], passages_used=used, confidence=copy.logprob,
+                   method="copy")
+
+
+def checked(raw: str, hits: list[Hit], question: str, evidence: list[Sentence],
+            on_token: Callable[[str], None] | None) -> Reading:
+    """A freely written answer, kept only when a passage supports it; else the extractive answer."""
+    text = raw.strip().split("\n")[0].strip().rstrip(".")
+    for n, hit in enumerate(hits, 1):
+        if text and supported(text, hit.passage.text):
+            if on_token:
+                on_token(text)
+            return Reading(text=text, cited=[n], passages_used=len(hits), method="checked")
+    reading = extract_from(question, hits, evidence, on_token)
+    reading.method = "fallback"
+    return reading
 
 
 # --- the prompt reader ----------------------------------------------------------------------------
 
-def build_prompt(question: str, hits: list[Hit], generator, context_tokens: int = 1536,
-                 passage_tokens: int = 320) -> tuple[str, int]:
-    """The prompt and how many passages (best first) fitted into ``context_tokens``."""
-    tokenizer = getattr(generator, "tokenizer", None)
-    head = f"{INSTRUCTION}\n\n{EXAMPLE}Passages:\n"
-    tail = question_block(question)
-    used, blocks = 0, []
-    budget = context_tokens - _count(generator, head + tail)
-    for n, hit in enumerate(hits, 1):
-        text = _truncate(tokenizer, hit.passage.text, passage_tokens) if tokenizer else hit.passage.text[:passage_tokens * 4]
-        block = passage_block(n, hit, text)
-        cost = _count(generator, block)
-        if blocks and cost > budget:
-            break
-        blocks.append(block)
-        budget -= cost
-        used += 1
-    return head + "".join(blocks) + tail, used
+def read_with_prompt(question: str, hits: list[Hit], generator, encoder=None,
+                     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, on_token: Callable[[str], None] | None = None,
+                     seed: int | None = 0, sentences: int = EVIDENCE_SENTENCES, question_vector=None,
+                     **_) -> Reading:
+    """The best evidence sentences in a few-shot prompt; the generator copies the answer from them."""
+    if encoder is None:
+        raise RagError("the prompt reader needs the encoder to choose evidence sentences")
+    if not hits:
+        return Reading(text="")
+    ranked = rank_sentences(question, hits, encoder, question_vector)
+    evidence = ranked[:sentences]
+    context = "Context: " + " ".join(s.text for s in evidence) + "\n"
+    if not _can_copy(generator):
+        raw = generator.generate([EXAMPLES + context + _answer_block(question)], max_new_tokens=max_new_tokens,
+                                 stop=["\n"], seed=seed)[0]
+        return checked(raw, hits, question, ranked[:3], on_token)
+    import torch
 
+    tokenizer, body = generator.tokenizer, generator.model.model
+    sources, prior, stop_prior = copy_sources(question, [s.text for s in evidence], tokenizer)
+    with generator.session():
+        _, cache = _cached_prefix(generator, EXAMPLES)
+        rest = tokenizer(context + _answer_block(question), add_special_tokens=False, return_tensors="pt")
+        out = body(input_ids=rest["input_ids"], past_key_values=cache, use_cache=True)
 
-def read_with_prompt(question: str, hits: list[Hit], generator, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                     on_token: Callable[[str], None] | None = None, seed: int | None = 0,
-                     context_tokens: int = 1536, passage_tokens: int = 320) -> Reading:
-    """Numbered passages in one prompt; the generator names the passage it answers from."""
-    prompt, used = build_prompt(question, hits, generator, context_tokens=context_tokens,
-                                passage_tokens=passage_tokens)
-    if on_token:
-        pieces: list[str] = []
+        def step(token: int):
+            nonlocal out
+            out = body(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            return out.last_hidden_state[:, -1]
 
-        def tee() -> Iterator[str]:
-            for piece in generator.stream(prompt, max_new_tokens=max_new_tokens, stop=STOP, seed=seed):
-                pieces.append(piece)
-                yield piece
-
-        for shown in answer_pieces(tee()):
-            on_token(shown)
-        raw = "".join(pieces)
-    else:
-        raw = generator.generate([prompt], max_new_tokens=max_new_tokens, stop=STOP, seed=seed)[0]
-    return ground(parse_answer(raw, used), hits)
+        copy = copy_decode(out.last_hidden_state[:, -1], step, generator.model, tokenizer, sources,
+                           stop_tokens(tokenizer, generator._eos_ids()), max_tokens=max_new_tokens,
+                           prior=prior, stop_prior=stop_prior, on_token=on_token)
+    return _reading_from_copy(copy, lambda i: evidence[i].n, len(hits))
 
 
 # --- the fusion-in-decoder reader -----------------------------------------------------------------
 
-def read_with_fid(question: str, hits: list[Hit], generator, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                  on_token: Callable[[str], None] | None = None, seed: int | None = 0,
-                  passage_tokens: int | None = None, temperature: float = 0.0) -> Reading:
+def passage_block(n: int, hit: Hit, text: str | None = None) -> str:
+    title = short_title(hit.document.title or hit.document.path or "")
+    body = " ".join((hit.passage.text if text is None else text).split())
+    return f"Context: {title}: {body}\n" if title else f"Context: {body}\n"
+
+
+def read_with_fid(question: str, hits: list[Hit], generator, encoder=None,
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, on_token: Callable[[str], None] | None = None,
+                  seed: int | None = 0, passage_tokens: int | None = None, **_) -> Reading:
     """Each passage encoded on its own, the decoder reading all of them together."""
     if getattr(generator, "model", None) is None:
         raise RagError(f"the fid reader needs a local model (the generator {generator.name!r} is remote); "
                        "use --reader prompt, or a local generator")
     if not hits:
-        return Reading(text="", cited=[], passages_used=0)
+        return Reading(text="")
     if generator.is_encoder_decoder:
-        pieces = _fid_encoder_decoder(question, hits, generator, max_new_tokens, seed, passage_tokens or 256)
-    else:
-        pieces = _fid_decoder_only(question, hits, generator, max_new_tokens, seed, passage_tokens, temperature)
-    collected: list[str] = []
-
-    def tee() -> Iterator[str]:
-        for piece in stream_until_stop(pieces, STOP):
-            collected.append(piece)
-            yield piece
-
-    if on_token:
-        for shown in answer_pieces(tee()):
-            on_token(shown)
-    else:
-        for _ in tee():
-            pass
-    return ground(parse_answer("".join(collected), len(hits)), hits)
+        raw = _fid_encoder_decoder(question, hits, generator, max_new_tokens, seed, passage_tokens or 256)
+        evidence = rank_sentences(question, hits, encoder)[:3] if encoder is not None else []
+        return checked(raw, hits, question, evidence, on_token) if evidence else \
+            Reading(text=raw.strip(), cited=[n for n, h in enumerate(hits, 1) if supported(raw, h.passage.text)][:1],
+                    passages_used=len(hits), method="checked")
+    return _fid_decoder_only(question, hits, generator, max_new_tokens, passage_tokens, on_token)
 
 
 def _fid_encoder_decoder(question: str, hits: list[Hit], generator, max_new_tokens: int, seed: int | None,
-                         passage_tokens: int) -> Iterator[str]:
+                         passage_tokens: int) -> str:
     """Original FiD: encode (question, passage) pairs separately, decode over the concatenation."""
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -231,9 +291,9 @@ def _fid_encoder_decoder(question: str, hits: list[Hit], generator, max_new_toke
         k, length, dim = hidden.last_hidden_state.shape  # (k passages, L tokens, d)
         fused = BaseModelOutput(last_hidden_state=hidden.last_hidden_state.reshape(1, k * length, dim))
         mask = batch["attention_mask"].reshape(1, k * length)
-        kwargs = generator._generate_kwargs(max_new_tokens, 0.0, STOP, seed)
+        kwargs = generator._generate_kwargs(max_new_tokens, 0.0, ["\n"], seed)
         out = model.generate(encoder_outputs=fused, attention_mask=mask, **kwargs)
-    yield tokenizer.decode(out[0], skip_special_tokens=True)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
 def fid_window(model) -> int:
@@ -243,28 +303,44 @@ def fid_window(model) -> int:
     return int(window) if window else int(getattr(config, "max_position_embeddings", 2048))
 
 
-def _fid_decoder_only(question: str, hits: list[Hit], generator, max_new_tokens: int, seed: int | None,
-                      passage_tokens: int | None, temperature: float) -> Iterator[str]:
+def _fid_decoder_only(question: str, hits: list[Hit], generator, max_new_tokens: int,
+                      passage_tokens: int | None, on_token: Callable[[str], None] | None) -> Reading:
+    """Fusion-in-decoder on a decoder-only model, decoding constrained to copy from the passages."""
+    tokenizer = generator.tokenizer
+    with generator.session():
+        hidden, step = fid_start(question, hits, generator, max_new_tokens, passage_tokens)
+        # Sources: each passage's text (after its "Context: title:" opening), so a copy is passage text.
+        sources, prior, stop_prior = copy_sources(question, [" ".join(h.passage.text.split()) for h in hits],
+                                                  tokenizer)
+        copy = copy_decode(hidden, step, generator.model, tokenizer, sources,
+                           stop_tokens(tokenizer, generator._eos_ids()), max_tokens=max_new_tokens,
+                           prior=prior, stop_prior=stop_prior, on_token=on_token)
+    return _reading_from_copy(copy, lambda i: i + 1, len(hits))
+
+
+def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+              passage_tokens: int | None = None):
     """Parallel context windows over one decoder: shared prefix, per-passage caches, one question.
 
+    Returns the last hidden state after the question and a ``step(token) -> hidden`` that decodes on.
     Every passage starts right after the shared prefix (same positions), so no query-key distance
     exceeds prefix + longest passage + question + answer. Passages are capped to keep that within
     the model's sliding window, which makes full attention over the concatenated cache equivalent
-    to what each sliding-window layer was trained to see.
+    to what each sliding-window layer was trained to see. Call inside ``generator.session()``.
     """
     import torch
     from transformers import DynamicCache
 
-    tokenizer, model = generator.tokenizer, generator.model
-    prefix = tokenizer(f"{INSTRUCTION}\n\n{EXAMPLE}Passages:\n", return_tensors="pt")["input_ids"]  # with BOS
-    suffix = tokenizer(question_block(question), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    p_len, s_len = prefix.shape[1], suffix.shape[1]
+    tokenizer, model, body = generator.tokenizer, generator.model, generator.model.model
+    suffix = tokenizer(_answer_block(question), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    p_len, shared = _cached_prefix(generator, EXAMPLES)
+    s_len = suffix.shape[1]
     cap = fid_window(model) - p_len - s_len - max_new_tokens - 1
     if passage_tokens:
         cap = min(cap, passage_tokens)
     if cap < 16:
-        raise RagError("the question is too long for the fid reader's context window; shorten it or lower max tokens")
-    newline = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+        raise RagError("the question is too long for the fid reader's context window; shorten it")
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     passages = []
     for n, hit in enumerate(hits, 1):
         ids = tokenizer(passage_block(n, hit), add_special_tokens=False)["input_ids"]
@@ -273,56 +349,46 @@ def _fid_decoder_only(question: str, hits: list[Hit], generator, max_new_tokens:
     longest = max(lengths)
     pad = tokenizer.pad_token_id or 0
     batch = torch.tensor([ids + [pad] * (longest - len(ids)) for ids in passages])  # right-padded: causal
-    eos = generator._eos_ids()
+    expanded = DynamicCache(ddp_cache_data=[
+        (layer.keys.expand(len(passages), -1, -1, -1).contiguous(),
+         layer.values.expand(len(passages), -1, -1, -1).contiguous()) for layer in shared.layers])
+    windows = body(input_ids=batch, past_key_values=expanded, use_cache=True).past_key_values
+    fused = DynamicCache(ddp_cache_data=[
+        (torch.cat([layer.keys[:1, :, :p_len]] +
+                   [layer.keys[i:i + 1, :, p_len:p_len + n] for i, n in enumerate(lengths)], dim=2),
+         torch.cat([layer.values[:1, :, :p_len]] +
+                   [layer.values[i:i + 1, :, p_len:p_len + n] for i, n in enumerate(lengths)], dim=2))
+        for layer in windows.layers])
+    del shared, expanded, windows
+    total = p_len + sum(lengths)
+    # The question sees every cached token and itself causally; same mask for both layer kinds.
+    blocked = torch.finfo(torch.float32).min
+    mask = torch.zeros(1, 1, s_len, total + s_len)
+    mask[0, 0, :, total:] = torch.triu(torch.full((s_len, s_len), blocked), diagonal=1)
+    position = p_len + longest
+    out = body(input_ids=suffix, position_ids=torch.arange(position, position + s_len)[None],
+               past_key_values=fused, attention_mask={"full_attention": mask, "sliding_attention": mask},
+               use_cache=True)
+    position += s_len
 
-    with generator.session():
-        shared = model.model(input_ids=prefix, past_key_values=DynamicCache(), use_cache=True).past_key_values
-        expanded = DynamicCache(ddp_cache_data=[
-            (layer.keys.expand(len(passages), -1, -1, -1).contiguous(),
-             layer.values.expand(len(passages), -1, -1, -1).contiguous()) for layer in shared.layers])
-        windows = model.model(input_ids=batch, past_key_values=expanded, use_cache=True).past_key_values
-        fused = DynamicCache(ddp_cache_data=[
-            (torch.cat([layer.keys[:1, :, :p_len]] +
-                       [layer.keys[i:i + 1, :, p_len:p_len + n] for i, n in enumerate(lengths)], dim=2),
-             torch.cat([layer.values[:1, :, :p_len]] +
-                       [layer.values[i:i + 1, :, p_len:p_len + n] for i, n in enumerate(lengths)], dim=2))
-            for layer in windows.layers])
-        del shared, expanded, windows
-        total = p_len + sum(lengths)
-        # The question sees every cached token and itself causally; same mask for both layer kinds.
-        blocked = torch.finfo(torch.float32).min
-        mask = torch.zeros(1, 1, s_len, total + s_len)
-        mask[0, 0, :, total:] = torch.triu(torch.full((s_len, s_len), blocked), diagonal=1)
-        position = p_len + longest
-        out = model(input_ids=suffix, position_ids=torch.arange(position, position + s_len)[None],
-                    past_key_values=fused, attention_mask={"full_attention": mask, "sliding_attention": mask},
-                    use_cache=True, logits_to_keep=1)
-        position += s_len
-        sampler = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        generated: list[int] = []
-        shown = ""
-        for _ in range(max_new_tokens):
-            token = int(pick_tokens(out.logits[:, -1], temperature, sampler)[0])
-            if token in eos:
-                break
-            generated.append(token)
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            if not text.endswith("\ufffd") and len(text) > len(shown):  # wait for whole characters
-                yield text[len(shown):]
-                shown = text
-            if cut_at_stop(text, STOP)[1]:
-                break
-            out = model(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]),
-                        past_key_values=out.past_key_values,
-                        attention_mask={"full_attention": None, "sliding_attention": None},
-                        use_cache=True, logits_to_keep=1)
-            position += 1
+    def step(token: int):
+        nonlocal out, position
+        out = body(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]),
+                   past_key_values=out.past_key_values,
+                   attention_mask={"full_attention": None, "sliding_attention": None}, use_cache=True)
+        position += 1
+        return out.last_hidden_state[:, -1]
+
+    return out.last_hidden_state[:, -1], step
 
 
-READERS: dict[str, Callable[..., Reading]] = {"prompt": read_with_prompt, "fid": read_with_fid}
+READERS: dict[str, Callable[..., Reading]] = {"extract": read_extractive, "prompt": read_with_prompt,
+                                             "fid": read_with_fid}
+NEEDS_GENERATOR = {"prompt", "fid"}
+DEFAULT_READER = "prompt"
 
 
 def get_reader(name: str) -> Callable[..., Reading]:
     if name not in READERS:
-        raise RagError(f"unknown reader {name!r}: use {' or '.join(READERS)}")
+        raise RagError(f"unknown reader {name!r}: use {', '.join(READERS)}")
     return READERS[name]

@@ -53,7 +53,7 @@ def fact_passage_id(library) -> int:
     return search(library, "Quillport Ilsa Marrow", k=1, mode="keyword")[0].passage.id
 
 
-@pytest.mark.parametrize("reader", ["prompt", "fid"])
+@pytest.mark.parametrize("reader", ["extract", "prompt", "fid"])
 def test_ask_answers_with_the_fact_and_cites_its_passage(library, generator, reader):
     answer = ask(library, "Who founded Quillport?", k=4, reader=reader, generator=generator)
     assert "Marrow" in answer.text
@@ -64,6 +64,12 @@ def test_ask_answers_with_the_fact_and_cites_its_passage(library, generator, rea
     data = answer.to_json()
     assert data["citations"][0]["document"]["path"].endswith("quillport.md")
     assert len(data["passages"]) == 4 and data["hyde"] == []
+
+
+def test_the_extract_reader_never_loads_a_generator(library, tmp_path):
+    answer = ask(library, "When was Quillport founded?", k=4, reader="extract", generator=str(tmp_path / "no-model"))
+    assert answer.text == "1742 [1]" or answer.text.startswith("1742 [")
+    assert answer.citations[0].hit.document.title == "Quillport"
 
 
 def test_ask_streams_tokens(library, generator):

@@ -1,23 +1,26 @@
-"""Readers on hand-made hits: the real default model for both readers, and a tiny randomly
-initialised T5 built here for the encoder-decoder form of fusion-in-decoder."""
+"""Readers on hand-made hits: the real encoder and the real default generator, and a tiny randomly
+initialised T5 built here (a generator whose free-written answers the passages do not support)."""
 from __future__ import annotations
 
 import pytest
 
+from rag.copying import CopyConstraint
 from rag.errors import RagError
-from rag.generators import cut_at_stop
+from rag.evidence import answer_type, rank_sentences, split_sentences
 from rag.readers import (
-    EXAMPLE, INSTRUCTION, STOP, answer_pieces, get_reader, ground, parse_answer, passage_block, question_block,
-    read_with_fid, read_with_prompt,
+    EXAMPLES, READERS, _answer_block, fid_start, get_reader, passage_block, read_extractive, read_with_fid,
+    read_with_prompt, supported,
 )
 from rag.records import Document, Hit, Passage
 
 FACT = ("The Zorbanian capital city Quillport was founded in 1742 by the cartographer Ilsa Marrow. "
-        "It is known for its blue salt mines.")
+        "It is known for its blue salt mines. About 48,000 people live there.")
 DISTRACTORS = [
     ("Lists", "Python lists are mutable sequences, typically used to store collections of homogeneous items."),
     ("Tea", "Green tea is made from leaves that have not undergone withering and oxidation. It originated in China."),
 ]
+QUESTIONS = [("Who founded Quillport?", "Ilsa Marrow"), ("When was Quillport founded?", "1742"),
+             ("How many people live in Quillport?", "48,000")]
 
 
 def make_hits(texts: list[tuple[str, str]]) -> list[Hit]:
@@ -26,61 +29,94 @@ def make_hits(texts: list[tuple[str, str]]) -> list[Hit]:
             for i, (title, text) in enumerate(texts)]
 
 
-def test_parse_answer_reads_the_opening_and_inline_citations():
-    reading = parse_answer("2]): Ilsa Marrow founded it [3].", 3)
-    assert reading.text == "Ilsa Marrow founded it." and reading.cited == [2, 3]
-    assert parse_answer("9]): out of range", 3).cited == []
-    assert "".join(answer_pieces(iter(["2", "]): Ilsa", " Marrow"]))) == "Ilsa Marrow"
+def test_sentences_keep_abbreviations_and_decimals_together():
+    text = 'He said "Go." Then 3.5 kg, e.g. the box. (Really!) Yes?'
+    assert [text[a:b] for a, b in split_sentences(text)] == ['He said "Go."', "Then 3.5 kg, e.g. the box.",
+                                                             "(Really!)", "Yes?"]
 
 
-def test_ground_repairs_a_wrong_citation_and_drops_unsupported_ones():
+@pytest.mark.parametrize("question, kind", [
+    ("When was it built?", "date"), ("The church was built when?", "date"), ("In what year did it end?", "date"),
+    ("How many people live there?", "number"), ("Who founded it?", "person"), ("In which city is it?", "place"),
+    ("What does it sell?", "other"),
+])
+def test_answer_types(question, kind):
+    assert answer_type(question) == kind
+
+
+def test_evidence_ranks_the_sentence_that_answers_first(encoder):
+    hits = make_hits(DISTRACTORS + [("Quillport", FACT)])
+    best = rank_sentences("Who founded Quillport?", hits, encoder)[0]
+    assert best.n == 3 and "Ilsa Marrow" in best.text
+    assert hits[2].passage.text[best.start:best.end] == best.text
+
+
+def test_copy_constraint_only_continues_a_source():
+    constraint = CopyConstraint([[5, 6, 7], [6, 8]])
+    assert set(constraint.allowed()) == {5, 6, 7, 8}
+    constraint.advance(constraint.allowed()[6])
+    assert set(constraint.allowed()) == {7, 8}  # 6 is followed by 7 in the first source, 8 in the second
+    constraint.advance(constraint.allowed()[8])
+    assert constraint.allowed() == {} and constraint.source() == 1
+
+
+@pytest.mark.parametrize("question, expected", QUESTIONS)
+def test_extract_reader_answers_with_a_short_span_without_a_generator(encoder, question, expected):
     hits = make_hits([DISTRACTORS[0], ("Quillport", FACT), DISTRACTORS[1]])
-    assert ground(parse_answer("1]): The cartographer Ilsa Marrow.", 3), hits).cited == [2]
-    assert ground(parse_answer("2]): Ilsa Marrow.", 3), hits).cited == [2]
-    assert ground(parse_answer("1]): Napoleon Bonaparte in Corsica.", 3), hits).cited == []
-
-
-def test_unknown_reader_is_a_clear_error():
-    with pytest.raises(RagError, match="unknown reader"):
-        get_reader("telepathy")
+    streamed: list[str] = []
+    reading = read_extractive(question, hits, None, encoder=encoder, on_token=streamed.append)
+    assert reading.text == expected and reading.cited == [2]
+    assert "".join(streamed) == expected and supported(reading.text, FACT)
 
 
 @pytest.mark.parametrize("reader", ["prompt", "fid"])
 @pytest.mark.parametrize("position", [0, 2])
-def test_reader_answers_from_the_passage_holding_the_fact(generator, reader, position):
+def test_generator_readers_copy_the_answer_from_the_passage_that_holds_it(generator, encoder, reader, position):
     texts = list(DISTRACTORS)
     texts.insert(position, ("Quillport", FACT))
     hits = make_hits(texts)
     streamed: list[str] = []
-    reading = get_reader(reader)("Who founded Quillport?", hits, generator, on_token=streamed.append)
-    assert "Marrow" in reading.text
-    assert reading.cited == [position + 1]
+    reading = get_reader(reader)("Who founded Quillport?", hits, generator, encoder=encoder,
+                                 on_token=streamed.append)
+    assert "Marrow" in reading.text and reading.cited == [position + 1]
+    assert reading.text in " ".join(FACT.split()) and reading.method == "copy"
     assert "Marrow" in "".join(streamed)
 
 
+@pytest.mark.parametrize("reader", ["prompt", "fid"])
+def test_every_generated_answer_is_a_span_of_a_passage(generator, encoder, reader):
+    """Constrained decoding: whatever the question, the answer is text of the passage it cites."""
+    hits = make_hits([("Quillport", FACT)] + DISTRACTORS)
+    for question in ["What is Quillport known for?", "Where did green tea originate?", "What colour is the sky?",
+                     "Who invented the telephone?"]:
+        reading = get_reader(reader)(question, hits, generator, encoder=encoder)
+        if reading.text:
+            cited = hits[reading.cited[0] - 1].passage.text
+            assert reading.text in " ".join(cited.split()), (question, reading)
+
+
 def test_decoder_fid_with_one_passage_equals_plain_decoding(generator):
-    """With one window, parallel context windows must reduce to ordinary left-to-right decoding."""
+    """With one window, parallel context windows must reduce to ordinary left-to-right reading."""
     import torch
 
     hits = make_hits([("Quillport", FACT)])
     question = "What is Quillport known for?"
-    reading = read_with_fid(question, hits, generator, max_new_tokens=16)
     tok = generator.tokenizer
-    ids = (tok(f"{INSTRUCTION}\n\n{EXAMPLE}Passages:\n")["input_ids"]
-           + tok(passage_block(1, hits[0]), add_special_tokens=False)["input_ids"]
-           + tok(question_block(question), add_special_tokens=False)["input_ids"])
-    with torch.inference_mode():
-        out = generator.model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False,
-                                       pad_token_id=tok.pad_token_id)
-    reference = tok.decode(out[0, len(ids):], skip_special_tokens=True)
-    assert reading.text == parse_answer(cut_at_stop(reference, STOP)[0], 1).text
-    assert "salt" in reading.text
+    ids = (tok(EXAMPLES)["input_ids"] + tok(passage_block(1, hits[0]), add_special_tokens=False)["input_ids"]
+           + tok(_answer_block(question), add_special_tokens=False)["input_ids"])
+    with generator.session():
+        hidden, step = fid_start(question, hits, generator)
+        plain = generator.model.model(input_ids=torch.tensor([ids]), use_cache=True)
+        assert torch.allclose(hidden, plain.last_hidden_state[:, -1], atol=1e-3)
+        token = tok(" blue", add_special_tokens=False)["input_ids"][0]
+        after = generator.model.model(input_ids=torch.tensor([[token]]), past_key_values=plain.past_key_values)
+        assert torch.allclose(step(token), after.last_hidden_state[:, -1], atol=1e-3)
 
 
-def test_decoder_fid_caps_long_passages_to_the_sliding_window(generator):
+def test_decoder_fid_caps_long_passages_to_the_sliding_window(generator, encoder):
     long_fact = FACT + " " + " ".join(["The harbour trades in wool, tin and timber."] * 120)
     hits = make_hits([("Quillport", long_fact)] + [(t, x + " " + x * 40) for t, x in DISTRACTORS])
-    reading = read_with_fid("Who founded Quillport?", hits, generator, max_new_tokens=32)
+    reading = read_with_fid("Who founded Quillport?", hits, generator, encoder=encoder)
     assert "Marrow" in reading.text and reading.cited == [1]
 
 
@@ -93,7 +129,7 @@ def tiny_t5(tmp_path_factory):
     from rag.generators import load_generator
 
     words = sorted({w for _, text in DISTRACTORS + [("Quillport", FACT)] for w in (text + " " + _).split()}
-                   | {"question:", "context:", "Who", "founded", "Quillport?", "[1]", "[2]", "[3]"})
+                   | {"question:", "context:", "Context:", "Question:", "Answer:", "Who", "founded", "Quillport?"})
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -109,28 +145,26 @@ def tiny_t5(tmp_path_factory):
     return load_generator(str(path))
 
 
-def test_encoder_decoder_fid_with_one_passage_equals_plain_seq2seq(tiny_t5):
+@pytest.mark.parametrize("read", [read_with_prompt, read_with_fid])
+def test_free_written_answers_are_checked_and_fall_back_to_the_extract_reader(tiny_t5, encoder, read):
+    """A model that cannot be constrained (seq2seq here; remote servers alike) writes what it likes:
+    an answer no passage supports never reaches the user; the extractive answer does."""
     assert tiny_t5.is_encoder_decoder
-    hits = make_hits([("Quillport", FACT)])
-    reading = read_with_fid("Who founded Quillport?", hits, tiny_t5, max_new_tokens=8)
-    plain = tiny_t5.generate([f"question: Who founded Quillport? context: {passage_block(1, hits[0]).strip()}"],
-                             max_new_tokens=8, stop=STOP)[0]
-    assert reading.text == parse_answer(plain, 1).text
-    assert reading.passages_used == 1
-
-
-def test_encoder_decoder_fid_reads_all_passages_together(tiny_t5):
     hits = make_hits([DISTRACTORS[0], ("Quillport", FACT), DISTRACTORS[1]])
-    first = read_with_fid("Who founded Quillport?", hits, tiny_t5, max_new_tokens=8)
-    assert first.passages_used == 3
-    assert read_with_fid("Who founded Quillport?", hits, tiny_t5, max_new_tokens=8) == first
-    # The prompt reader runs on a seq2seq model too.
-    assert read_with_prompt("Who founded Quillport?", hits, tiny_t5, max_new_tokens=8).passages_used == 3
+    reading = read("Who founded Quillport?", hits, tiny_t5, encoder=encoder, max_new_tokens=8)
+    assert reading.method in ("checked", "fallback")
+    assert reading.text and supported(reading.text, hits[reading.cited[0] - 1].passage.text)
+    if reading.method == "fallback":
+        assert reading.text == "Ilsa Marrow" and reading.cited == [2]
 
 
-def test_fid_needs_a_local_model():
+def test_reader_registry_and_errors(encoder):
+    assert set(READERS) == {"extract", "prompt", "fid"}
+    with pytest.raises(RagError, match="unknown reader"):
+        get_reader("telepathy")
+
     class Remote:
         name = "openai:m"
 
     with pytest.raises(RagError, match="needs a local model"):
-        read_with_fid("q", make_hits([("Quillport", FACT)]), Remote())
+        read_with_fid("q", make_hits([("Quillport", FACT)]), Remote(), encoder=encoder)

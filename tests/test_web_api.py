@@ -445,15 +445,19 @@ def test_a_missing_generator_is_reported_and_search_still_works(data_dir, encode
                       "GENERATOR": str(tmp_path / "no-such-model")})
     client = app.test_client()
     assert client.get("/api/stats").get_json()["generator"]["state"] == "missing"  # known before any Ask
-    response = client.post("/api/ask", json={"question": "Who designed the lighthouse?"})
+    response = client.post("/api/ask", json={"question": "Who designed the lighthouse?", "reader": "prompt"})
     assert response.status_code == 503
     assert "generator" in response.get_json()["error"] and "not found" in response.get_json()["error"]
+    # The extract reader needs no generator: Ask still answers, with its citation.
+    response = client.post("/api/ask", json={"question": "Who designed the Skerryvore lighthouse?", "k": 3,
+                                             "reader": "extract"})
+    assert response.status_code == 200 and "Stevenson" in response.get_json()["answer"]
     stats = client.get("/api/stats").get_json()
     assert stats["generator"]["state"] == "missing"
     assert "Ask needs a generator" in stats["message"]
     status, body = search(client, q="lighthouse", k=1)
     assert status == 200 and body["results"]
-    events = sse_events(client.post("/api/ask", json={"question": "Who?"},
+    events = sse_events(client.post("/api/ask", json={"question": "Who?", "reader": "fid"},
                                     headers={"Accept": "text/event-stream"}).get_data(as_text=True))
     assert events[-1][0] == "error" and events[-1][1]["status"] == 503
 

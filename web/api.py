@@ -35,7 +35,6 @@ MAX_LIST = 1000
 DEFAULT_SEARCH_K = 10
 DEFAULT_ASK_K = 5
 DEFAULT_MODE = "hybrid"
-DEFAULT_READER = "prompt"
 UPLOAD_DIRNAME = "uploads"
 
 
@@ -49,6 +48,12 @@ def modes() -> tuple[str, ...]:
     from rag.search import MODES
 
     return tuple(MODES)
+
+
+def default_reader() -> str:
+    from rag.readers import DEFAULT_READER
+
+    return DEFAULT_READER
 
 
 def readers() -> tuple[str, ...]:
@@ -217,13 +222,17 @@ def _ask(params: dict, on_token=None, on_status=None) -> Answer:
     """Load the generator if needed, then answer one question (one generation at a time)."""
     from rag.answer import ask
 
+    from rag.readers import NEEDS_GENERATOR
+
     res = resources()
-    if not res.generator_loaded and on_status:
-        on_status("Loading the generator model (first Ask; this can take a minute)…")
-    try:
-        generator = res.generator()
-    except RagError as exc:
-        raise ApiError(503, f"the generator is unavailable: {exc}") from exc
+    generator = None
+    if params["reader"] in NEEDS_GENERATOR or params["hyde"]:
+        if not res.generator_loaded and on_status:
+            on_status("Loading the generator model (first Ask; this can take a minute)…")
+        try:
+            generator = res.generator()
+        except RagError as exc:
+            raise ApiError(503, f"the generator is unavailable: {exc}") from exc
     if res.generate_lock.locked() and on_status:
         on_status("Waiting for another answer to finish…")
     with res.generate_lock:
@@ -288,7 +297,7 @@ def api_ask():
         "k": parse_k(body.get("k"), DEFAULT_ASK_K, ask_max_k()),
         "mode": parse_choice(body.get("mode"), "mode", modes(), DEFAULT_MODE),
         "hyde": parse_bool(body.get("hyde"), "hyde"),
-        "reader": parse_choice(body.get("reader"), "reader", readers(), DEFAULT_READER),
+        "reader": parse_choice(body.get("reader"), "reader", readers(), default_reader()),
         "where": parse_where(body.get("where")),
     }
     if request.accept_mimetypes.best == "text/event-stream" or body.get("stream") is True:

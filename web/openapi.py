@@ -14,6 +14,8 @@ def _ok(description: str, schema: str) -> dict:
 
 def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: int, ask_max_k: int) -> dict:
     """The description, with the live lists of modes and readers and the limits on k."""
+    from rag.readers import DEFAULT_READER as default_reader
+
     k_schema = {"type": "integer", "minimum": 1, "maximum": max_k}
     document_ref = {"type": "object", "required": ["id", "path", "title"], "properties": {
         "id": {"type": "integer"}, "path": {"type": "string"}, "title": {"type": "string"},
@@ -131,7 +133,7 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                     "k": dict(k_schema, maximum=ask_max_k, default=5),
                     "mode": {"type": "string", "enum": list(modes), "default": "hybrid"},
                     "hyde": {"type": "boolean", "default": False},
-                    "reader": {"type": "string", "enum": list(readers), "default": "prompt"},
+                    "reader": {"type": "string", "enum": list(readers), "default": default_reader},
                     "where": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                         {"type": "object", "additionalProperties": {"type": "string"}}]},
                     "stream": {"type": "boolean", "description": "same as Accept: text/event-stream"}}},

@@ -10,10 +10,10 @@ bp = Blueprint("pages", __name__)
 
 @bp.get("/")
 def index():
-    from web.api import DEFAULT_MODE, MAX_K, modes, readers, stats_json
+    from web.api import DEFAULT_MODE, MAX_K, default_reader, modes, readers, stats_json
 
     return render_template(
-        "index.html", stats=stats_json(), modes=modes(), readers=readers(), default_mode=DEFAULT_MODE,
+        "index.html", stats=stats_json(), modes=modes(), readers=readers(), default_reader=default_reader(), default_mode=DEFAULT_MODE,
         max_k=MAX_K, q=request.args.get("q", ""), auth_required=bool(current_app.config["API_TOKEN"]),
     )
 
