@@ -33,20 +33,34 @@ EVIDENCE_SENTENCES = 2  # sentences the prompt reader reads (top 2 hold the answ
 TYPE_BONUS = 1.0  # log-prob added to a first token that fits the expected answer type
 ECHO_PENALTY = 2.0  # log-prob taken from a first token that repeats the question or is a stop word
 STOP_BONUS = 1.0  # log-prob added to ending the answer, against copying on
+QUESTION_FIRST = False  # the question before the context ("Question: ...\nContext: ...\nAnswer:")
 # Hand-written examples (no dataset text): short spans, one per common question form.
-EXAMPLES = (
-    "Context: The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889 for the World's Fair.\n"
-    "Question: When was the Eiffel Tower completed?\nAnswer: 1889\n\n"
-    "Context: Mount Kilimanjaro, a dormant volcano in Tanzania, is the highest mountain in Africa.\n"
-    "Question: In which country is Mount Kilimanjaro?\nAnswer: Tanzania\n\n"
-    "Context: The novel was written by Mary Shelley, who began it during a stay near Geneva in 1816.\n"
-    "Question: Who wrote the novel?\nAnswer: Mary Shelley\n\n"
-    "Context: Water boils at 100 degrees Celsius at sea level, but at lower temperatures on high mountains "
-    "because the air pressure is lower.\n"
-    "Question: Why does water boil at lower temperatures on high mountains?\nAnswer: the air pressure is lower\n\n"
-    "Context: The orchestra, founded in 1842, has 106 musicians and performs over 180 concerts a year.\n"
-    "Question: How many musicians does the orchestra have?\nAnswer: 106\n\n"
-)
+EXAMPLE_ITEMS = [
+    ("The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889 for the World's Fair.",
+     "When was the Eiffel Tower completed?", "1889"),
+    ("Mount Kilimanjaro, a dormant volcano in Tanzania, is the highest mountain in Africa.",
+     "In which country is Mount Kilimanjaro?", "Tanzania"),
+    ("The novel was written by Mary Shelley, who began it during a stay near Geneva in 1816.",
+     "Who wrote the novel?", "Mary Shelley"),
+    ("Water boils at 100 degrees Celsius at sea level, but at lower temperatures on high mountains because the "
+     "air pressure is lower.", "Why does water boil at lower temperatures on high mountains?",
+     "the air pressure is lower"),
+    ("The orchestra, founded in 1842, has 106 musicians and performs over 180 concerts a year.",
+     "How many musicians does the orchestra have?", "106"),
+]
+
+
+def prompt_block(context: str, question: str, question_first: bool | None = None) -> str:
+    """One reading task, ending where the answer starts."""
+    question = " ".join(question.split())
+    if QUESTION_FIRST if question_first is None else question_first:
+        return f"Question: {question}\nContext: {context}\nAnswer:"
+    return f"Context: {context}\nQuestion: {question}\nAnswer:"
+
+
+def examples(question_first: bool | None = None) -> str:
+    """The few-shot prefix (its key/value cache is computed once per generator)."""
+    return "".join(f"{prompt_block(c, q, question_first)} {a}\n\n" for c, q, a in EXAMPLE_ITEMS)
 
 
 @dataclass
@@ -226,9 +240,9 @@ def read_with_prompt(question: str, hits: list[Hit], generator, encoder=None,
         return Reading(text="")
     ranked = rank_sentences(question, hits, encoder, question_vector)
     evidence = ranked[:sentences]
-    context = "Context: " + " ".join(s.text for s in evidence) + "\n"
+    task = prompt_block(" ".join(s.text for s in evidence), question)
     if not _can_copy(generator):
-        raw = generator.generate([EXAMPLES + context + _answer_block(question)], max_new_tokens=max_new_tokens,
+        raw = generator.generate([examples() + task], max_new_tokens=max_new_tokens,
                                  stop=["\n"], seed=seed)[0]
         return checked(raw, hits, question, ranked[:3], on_token)
     import torch
@@ -236,8 +250,8 @@ def read_with_prompt(question: str, hits: list[Hit], generator, encoder=None,
     tokenizer, body = generator.tokenizer, generator.model.model
     sources, prior, stop_prior = copy_sources(question, [s.text for s in evidence], tokenizer)
     with generator.session():
-        _, cache = _cached_prefix(generator, EXAMPLES)
-        rest = tokenizer(context + _answer_block(question), add_special_tokens=False, return_tensors="pt")
+        _, cache = _cached_prefix(generator, examples())
+        rest = tokenizer(task, add_special_tokens=False, return_tensors="pt")
         out = body(input_ids=rest["input_ids"], past_key_values=cache, use_cache=True)
 
         def step(token: int):
@@ -333,7 +347,7 @@ def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = D
 
     tokenizer, model, body = generator.tokenizer, generator.model, generator.model.model
     suffix = tokenizer(_answer_block(question), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    p_len, shared = _cached_prefix(generator, EXAMPLES)
+    p_len, shared = _cached_prefix(generator, examples(question_first=False))  # FiD: passages come first
     s_len = suffix.shape[1]
     cap = fid_window(model) - p_len - s_len - max_new_tokens - 1
     if passage_tokens:

@@ -8,7 +8,7 @@ from rag.copying import CopyConstraint
 from rag.errors import RagError
 from rag.evidence import answer_type, rank_sentences, split_sentences
 from rag.readers import (
-    EXAMPLES, READERS, _answer_block, fid_start, get_reader, passage_block, read_extractive, read_with_fid,
+    READERS, _answer_block, examples, fid_start, get_reader, passage_block, read_extractive, read_with_fid,
     read_with_prompt, supported,
 )
 from rag.records import Document, Hit, Passage
@@ -102,7 +102,7 @@ def test_decoder_fid_with_one_passage_equals_plain_decoding(generator):
     hits = make_hits([("Quillport", FACT)])
     question = "What is Quillport known for?"
     tok = generator.tokenizer
-    ids = (tok(EXAMPLES)["input_ids"] + tok(passage_block(1, hits[0]), add_special_tokens=False)["input_ids"]
+    ids = (tok(examples(question_first=False))["input_ids"] + tok(passage_block(1, hits[0]), add_special_tokens=False)["input_ids"]
            + tok(_answer_block(question), add_special_tokens=False)["input_ids"])
     with generator.session():
         hidden, step = fid_start(question, hits, generator)
