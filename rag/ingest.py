@@ -227,7 +227,7 @@ class _Ingester:
             if not self.store.has_content(digest, self.collection, exclude_source=source.key):
                 prefix, prefix_tokens = self._title_prefix(doc.title)
                 budget = min(self.chunk_tokens, self.window - prefix_tokens)
-                new.spans = Chunker(self.tokenizer, budget, min(self.overlap, budget // 2)).chunk(doc.text)
+                new.spans = Chunker(self.tokenizer, budget, min(self.overlap, budget // 2)).chunk(doc.text, doc.page_starts)
                 new.locations = locate(new.spans, doc.page_starts, doc.headings)
                 texts += [encoder_input(prefix, doc.text[a:b]) for a, b in new.spans]
             docs.append(new)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import PAGED_PDF_PAGES, PAGED_PDF_QUERY, write_paged_pdf
 
+from rag.chunking import Chunker, chunk
 from rag.cli import main
 from rag.ingest import ingest_paths
 from rag.library import open_library
@@ -92,6 +93,25 @@ def test_a_real_pdf_records_where_each_page_starts(tmp_path):
             first_words = paragraphs[0][:30]
             assert page_at(doc.text.index(first_words), doc.page_starts) == number
     assert page_at(doc.text.index("forty-two hives"), doc.page_starts) == 3
+
+
+def test_passages_end_at_page_ends_and_never_overlap_across_them(tmp_path, encoder):
+    path = tmp_path / "report.pdf"
+    write_paged_pdf(path)
+    doc = load_bytes(str(path), path.read_bytes())[0]
+    for budget in (60, 100):
+        spans = chunk(doc.text, encoder.tokenizer, budget, overlap=32, page_starts=doc.page_starts)
+        places = locate(spans, doc.page_starts, [])
+        assert all(p.page == p.last_page for p in places)  # every page is longer than a passage
+        assert [p.page for p in places] == sorted(p.page for p in places)
+        assert {p.page for p in places} == {1, 3, 4}
+        assert all(n <= budget for n in Chunker(encoder.tokenizer, budget).count([doc.text[a:b] for a, b in spans]))
+        covered = [False] * len(doc.text)
+        for a, b in spans:
+            covered[a:b] = [True] * (b - a)
+        assert all(covered[i] or c.isspace() for i, c in enumerate(doc.text))  # no text is lost
+        without = locate(chunk(doc.text, encoder.tokenizer, budget, overlap=32), doc.page_starts, [])
+        assert any(p.page != p.last_page for p in without)  # what page-blind chunking would have cited
 
 
 # --- end to end: ingest, CLI, API, ask --------------------------------------------------------------
