@@ -190,7 +190,8 @@ class Store:
 
     def _upgrade(self) -> None:
         """Add the columns a store made by an older version lacks (in one transaction, so two
-        processes opening the same old file at once do not both try)."""
+        processes opening the same old file at once do not both try). Stored PDFs are marked
+        changed then, so the next `rag ingest` of them reads their pages (old passages have none)."""
         def missing() -> list[tuple[str, str, str]]:
             have = {t: {r[1] for r in self.conn.execute(f"PRAGMA table_info({t})")} for t in ("documents", "passages")}
             return [(t, c, kind) for t, c, kind in _ADDED_COLUMNS if c not in have[t]]
@@ -199,8 +200,11 @@ class Store:
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for table, column, kind in missing():
+            added = missing()
+            for table, column, kind in added:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if ("passages", "page", "INTEGER") in added:
+                self.conn.execute("UPDATE documents SET source_hash = '' WHERE lower(source) LIKE '%.pdf'")
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")

@@ -3,6 +3,7 @@ through the store (including a store made before these columns existed) to the C
 `rag ask`."""
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -249,22 +250,27 @@ CREATE VIRTUAL TABLE passages_fts USING fts5(title, body, tokenize='porter unico
 """
 
 
-def make_old_store(path: Path, encoder) -> str:
-    """A rag.db as the previous release wrote it, holding one document with one passage."""
-    text = "Old notes\n\nThe ferry to the island leaves from the north pier at seven every morning."
+def make_old_store(path: Path, encoder, pdf: Path) -> str:
+    """A rag.db as the previous release wrote it: a text note and ``pdf``, one passage each, no pages."""
+    note = "Old notes\n\nThe ferry to the island leaves from the north pier at seven every morning."
+    pdf_text = load_bytes(str(pdf), pdf.read_bytes())[0].text
+    rows = [("/old/notes.txt", "h", "Old notes", note),
+            (str(pdf), hashlib.sha256(pdf.read_bytes()).hexdigest(), "Field survey report", pdf_text)]
     conn = sqlite3.connect(path)
     conn.executescript(OLD_SCHEMA)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [("encoder", encoder.name), ("dim", str(encoder.dim)),
                                                           ("generation", "1")])
-    conn.execute("INSERT INTO documents (path, source, source_hash, title, content_hash, size, metadata, ingested_at, "
-                 "text) VALUES ('/old/notes.txt', '/old/notes.txt', 'h', 'Old notes', 'c', 80, '{}', "
-                 "'2024-01-01T00:00:00+00:00', ?)", (text,))
-    conn.execute('INSERT INTO passages (document_id, ord, text, start, "end") VALUES (1, 0, ?, 0, ?)', (text, len(text)))
-    conn.execute("INSERT INTO embeddings VALUES (1, ?)", (encoder.encode([text])[0].astype(np.float32).tobytes(),))
-    conn.execute("INSERT INTO passages_fts (rowid, title, body) VALUES (1, 'Old notes', ?)", (text,))
+    for n, (source, source_hash, title, text) in enumerate(rows, 1):
+        conn.execute("INSERT INTO documents (path, source, source_hash, title, content_hash, size, metadata, "
+                     "ingested_at, text) VALUES (?, ?, ?, ?, ?, ?, '{}', '2024-01-01T00:00:00+00:00', ?)",
+                     (source, source, source_hash, title, f"c{n}", len(text), text))
+        conn.execute('INSERT INTO passages (document_id, ord, text, start, "end") VALUES (?, 0, ?, 0, ?)',
+                     (n, text, len(text)))
+        conn.execute("INSERT INTO embeddings VALUES (?, ?)", (n, encoder.encode([text])[0].astype(np.float32).tobytes()))
+        conn.execute("INSERT INTO passages_fts (rowid, title, body) VALUES (?, ?, ?)", (n, title, text))
     conn.commit()
     conn.close()
-    return text
+    return note
 
 
 def columns(path: Path, table: str) -> list[str]:
@@ -279,7 +285,9 @@ def test_an_old_store_is_upgraded_in_place(tmp_path, encoder):
     data = tmp_path / "data"
     data.mkdir()
     db = data / "rag.db"
-    text = make_old_store(db, encoder)
+    pdf = tmp_path / "survey.pdf"
+    write_paged_pdf(pdf)
+    note = make_old_store(db, encoder, pdf)
     assert "page" not in columns(db, "passages")
 
     library = open_library(data, encoder=encoder)
@@ -287,16 +295,18 @@ def test_an_old_store_is_upgraded_in_place(tmp_path, encoder):
         assert columns(db, "passages")[-3:] == ["page", "last_page", "heading"]
         assert columns(db, "documents")[-1] == "page_starts"
         old = library.store.passage(1)
-        assert old.text == text and (old.page, old.last_page, old.heading) == (None, None, None)
+        assert old.text == note and (old.page, old.last_page, old.heading) == (None, None, None)
         assert library.store.page_starts(1) == []
         hit = search(library, "when does the ferry leave", k=1)[0]  # the index is rebuilt from stored vectors
         assert hit.passage.id == 1 and hit.to_json()["page"] is None
 
-        pdf = tmp_path / "survey.pdf"
-        write_paged_pdf(pdf)
-        assert ingest_paths(library, [str(pdf)]).added == 1
+        # the stored PDF is read again (its pages were never recorded); the note stays as it was
+        report = ingest_paths(library, [str(pdf)])
+        assert (report.updated, report.skipped, report.added) == (1, 0, 0)
+        assert ingest_paths(library, [str(pdf)]).skipped == 1  # ... once
         top = search(library, PAGED_PDF_QUERY, k=1)[0]
         assert top.document.path == str(pdf) and top.passage.page == 3
+        assert library.store.passage(1).text == note
     finally:
         library.close()
 
