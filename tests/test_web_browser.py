@@ -244,8 +244,8 @@ def test_with_a_token_the_page_asks_for_it_before_writing(browser, encoder, tmp_
 
 
 @pytest.fixture(scope="module")
-def pdf_server(tmp_path_factory, encoder):
-    """A library holding one four-page PDF (page 2 blank), served on its own loopback port."""
+def pdf_data_dir(tmp_path_factory, encoder) -> Path:
+    """A library holding one four-page PDF (page 2 blank)."""
     from conftest import write_paged_pdf
 
     from rag.ingest import ingest_paths
@@ -258,7 +258,12 @@ def pdf_server(tmp_path_factory, encoder):
         assert ingest_paths(library, [str(root / "survey.pdf")]).added == 1
     finally:
         library.close()
-    app = create_app({"DATA_DIR": str(root / "data"), "ENCODER_OBJECT": encoder, "API_TOKEN": None})
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def pdf_server(pdf_data_dir, encoder):
+    app = create_app({"DATA_DIR": str(pdf_data_dir), "ENCODER_OBJECT": encoder, "API_TOKEN": None})
     with BackgroundServer(app, "127.0.0.1", 0) as running:
         yield running
 
@@ -301,4 +306,29 @@ def test_a_pdf_passage_shows_its_page_and_the_document_opens_there(browser, pdf_
     assert "p. 3" in page.text_content(".document-page") or "pp. 3\u20134" in page.text_content(".document-page")
     assert page.locator("#highlight").is_visible()
     context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_an_answer_citing_a_pdf_names_the_page(browser, pdf_data_dir, encoder, generator):
+    from conftest import PAGED_PDF_QUERY
+
+    app = create_app({"DATA_DIR": str(pdf_data_dir), "ENCODER_OBJECT": encoder,
+                      "GENERATOR_OBJECT": generator})
+    with BackgroundServer(app, "127.0.0.1", 0) as running:
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(running.url + "/")
+        page.fill("#q", PAGED_PDF_QUERY)
+        page.fill("#k", "2")
+        page.click("#ask-button")
+        page.wait_for_selector("#answer-text a.citation", timeout=240_000)
+        citation = page.locator("#answer-text a.citation").first
+        where = page.locator("#answer-text .citation-where").first.text_content()
+        assert where in (" (p. 3)", " (pp. 3\u20134)")
+        passage = page.locator(f"#passage-{citation.get_attribute('data-passage')}")
+        assert "forty-two hives" in passage.locator(".hit-text").text_content()
+        assert passage.locator(".hit-where").text_content() == where.strip(" ()")
+        context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
