@@ -73,16 +73,16 @@ def markdown_headings(text: str) -> list[tuple[int, str]]:
     found = [(m.start(), m.group(2).strip()) for m in _ATX.finditer(text)]
     for m in _SETEXT.finditer(text):
         line = m.group("text").strip()
-        before = text[:m.start()]
         # a setext heading needs a blank line (or the start) above it; a list item or quote is not one
-        if (not before or before.endswith("\n\n")) and not re.match(r"([-*+>]|\d+[.)])\s", line):
+        starts_block = m.start() == 0 or text[m.start() - 2:m.start()] == "\n\n"
+        if starts_block and not re.match(r"([-*+>]|\d+[.)])\s", line):
             found.append((m.start(), line))
     return sorted((offset, heading) for offset, heading in found if heading and not in_fence(offset))
 
 
 def heading_lines(text: str, headings: list[str]) -> list[tuple[int, str]]:
     """(offset, text) of the lines of ``text`` that read exactly as one of ``headings`` (HTML h1-h3
-    texts); whitespace is compared collapsed, so the extractor's line wrapping does not matter."""
+    texts); runs of whitespace compare equal, so the extractor's spacing does not matter."""
     wanted = {" ".join(h.split()) for h in headings}
     wanted.discard("")
     found, pos = [], 0
