@@ -1,14 +1,16 @@
 """Split a document into passages that fit the encoder's window, keeping character offsets.
 
 Passages are packed from sentences (only an over-long sentence is cut into runs of tokens) and
-end at the strongest break that keeps them at least half full: a paragraph end (blank line), else
-a line end, else a sentence end. Consecutive passages share about ``overlap`` tokens of whole
-sentences, so a thought cut at a boundary is still seen whole once.
+end at the strongest break that keeps them at least half full: a page end (PDF), else a paragraph
+end (blank line), else a line end, else a sentence end. Consecutive passages share about
+``overlap`` tokens of whole sentences, so a thought cut at a boundary is still seen whole once -
+except across a page end, so that a passage cut there cites one page, not two.
 Every passage is checked against the real tokenizer: it never exceeds ``max_tokens``.
 """
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 
 Span = tuple[int, int]
 
@@ -50,9 +52,9 @@ class Chunker:
             return []
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
 
-    def units(self, text: str) -> list[tuple[Span, int, int]]:
+    def units(self, text: str, page_starts: list[int] | None = None) -> list[tuple[Span, int, int]]:
         """Sentences (cut further into token windows when too long) as (span, tokens, strength),
-        strength being the break that follows: 2 paragraph, 1 line, 0 sentence or less."""
+        strength being the break that follows: 3 page, 2 paragraph, 1 line, 0 sentence or less."""
         pieces: list[tuple[Span, int]] = []
         for paragraph in _split(text, 0, len(text), _PARAGRAPH):
             lines = _split(text, paragraph[0], paragraph[1], _LINE)
@@ -70,6 +72,12 @@ class Chunker:
             else:
                 windows = self._token_windows(text, span)
                 out += [(w, m, strength if i == len(windows) - 1 else 0) for i, (w, m) in enumerate(windows)]
+        if page_starts:  # a unit followed by the start of a page ends that page
+            for n in range(len(out) - 1):
+                (_, end), tokens, _ = out[n]
+                after = bisect_right(page_starts, end)
+                if after < len(page_starts) and page_starts[after] <= out[n + 1][0][0]:
+                    out[n] = (out[n][0], tokens, 3)
         return out
 
     def _token_windows(self, text: str, span: Span) -> list[tuple[Span, int]]:
@@ -84,9 +92,10 @@ class Chunker:
                 out.append((piece, len(window)))
         return out
 
-    def chunk(self, text: str) -> list[Span]:
-        """(start, end) character offsets of each passage, in order."""
-        units = self.units(text)
+    def chunk(self, text: str, page_starts: list[int] | None = None) -> list[Span]:
+        """(start, end) character offsets of each passage, in order; ``page_starts`` (offsets where
+        PDF pages start) makes page ends the preferred cuts."""
+        units = self.units(text, page_starts)
         spans: list[Span] = []
         i = 0
         while i < len(units):
@@ -100,9 +109,13 @@ class Chunker:
             spans.append((units[i][0][0], units[j - 1][0][1]))
             if j >= len(units):
                 break
-            # start the next passage a few whole sentences back (about `overlap` tokens), always moving on
+            if units[j - 1][2] == 3:  # cut at a page end: the next passage starts on the new page
+                i = j
+                continue
+            # start the next passage a few whole sentences back (about `overlap` tokens), always moving
+            # on, never back over a page end
             back, carried = j, 0
-            while back - 1 > i and carried + units[back - 1][1] <= self.overlap:
+            while back - 1 > i and carried + units[back - 1][1] <= self.overlap and units[back - 1][2] != 3:
                 back -= 1
                 carried += units[back][1]
             i = back
@@ -111,7 +124,7 @@ class Chunker:
     def _best_cut(self, units, i: int, j: int) -> int:
         """End the passage after the strongest break in units[i:j] that keeps it at least half full."""
         half = self.max_tokens // 2
-        for strength in (2, 1):
+        for strength in (3, 2, 1):
             total, best = 0, None
             for m in range(i, j):
                 total += units[m][1]
@@ -132,6 +145,7 @@ class Chunker:
                 out += [s for s, _ in self._token_windows(text, span)]
         return out
 
-def chunk(text: str, tokenizer, max_tokens: int, overlap: int = 0) -> list[Span]:
+def chunk(text: str, tokenizer, max_tokens: int, overlap: int = 0, page_starts: list[int] | None = None
+          ) -> list[Span]:
     """Passages of ``text`` as (start, end) character offsets, each at most ``max_tokens`` tokens."""
-    return Chunker(tokenizer, max_tokens, overlap).chunk(text)
+    return Chunker(tokenizer, max_tokens, overlap).chunk(text, page_starts)

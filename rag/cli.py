@@ -129,6 +129,7 @@ def search(query, k, mode, where, as_json, model, data):
     import sys
 
     from rag.errors import RagError
+    from rag.locations import location_label
     from rag.search import results_json
     from rag.search import search as run_search
     from rag.snippets import snippet
@@ -153,7 +154,9 @@ def search(query, k, mode, where, as_json, model, data):
         title = hit.document.title or hit.document.path
         click.echo(click.style(f"{hit.rank:>2}. [{hit.score:.3f}] {title}", bold=True) if color
                    else f"{hit.rank:>2}. [{hit.score:.3f}] {title}")
-        click.echo(f"    {hit.document.path}  (passage {hit.passage.id}, chars {hit.passage.start}-{hit.passage.end})")
+        where = location_label(hit.passage.page, hit.passage.last_page, hit.passage.heading)
+        click.echo(f"    {hit.document.path}  (passage {hit.passage.id}, chars {hit.passage.start}-{hit.passage.end})"
+                   + (f"  {where}" if where else ""))
         click.echo(f"    {snippet(hit.passage.text, query, mark=mark)}")
         click.echo()
 
@@ -306,6 +309,7 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
 
     from rag.answer import ask as run_ask
     from rag.errors import RagError
+    from rag.locations import location_label
     from rag.snippets import snippet
 
     filters = _parse_where(where)
@@ -350,7 +354,9 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
         click.echo("\nCitations:")
         for citation in answer.citations:
             hit = citation.hit
-            click.echo(f"  [{citation.n}] {hit.document.title or hit.document.path}  ({hit.document.path}, passage {hit.passage.id})")
+            where = location_label(hit.passage.page, hit.passage.last_page, hit.passage.heading)
+            click.echo(f"  [{citation.n}] {hit.document.title or hit.document.path}" + (f", {where}" if where else "")
+                       + f"  ({hit.document.path}, passage {hit.passage.id})")
             click.echo(f"      {snippet(hit.passage.text, answer.text + ' ' + question, width=200)}")
     t = answer.timings
     click.echo(f"\nTimings: retrieve {t['retrieve']:.2f} s, HyDE {t['hyde']:.2f} s, "

@@ -23,6 +23,7 @@ import numpy as np
 from rag.chunking import Chunker
 from rag.errors import RagError
 from rag.loaders import LOADERS, LoadError, LoadOptions, load_bytes
+from rag.locations import locate
 from rag.records import SourceDocument
 from rag.store import NewDocument
 
@@ -221,11 +222,13 @@ class _Ingester:
             new = NewDocument(path=doc.uri, title=doc.title, text=doc.text, content_hash=digest, spans=[],
                               vectors=np.zeros((0, self.encoder.dim), dtype=np.float32), collection=self.collection,
                               size=len(doc.text.encode("utf-8")) if len(source.docs) > 1 else source.size or len(doc.text),
-                              mtime=doc.mtime if doc.mtime is not None else source.mtime, metadata=dict(doc.metadata))
+                              mtime=doc.mtime if doc.mtime is not None else source.mtime, metadata=dict(doc.metadata),
+                              page_starts=list(doc.page_starts))
             if not self.store.has_content(digest, self.collection, exclude_source=source.key):
                 prefix, prefix_tokens = self._title_prefix(doc.title)
                 budget = min(self.chunk_tokens, self.window - prefix_tokens)
-                new.spans = Chunker(self.tokenizer, budget, min(self.overlap, budget // 2)).chunk(doc.text)
+                new.spans = Chunker(self.tokenizer, budget, min(self.overlap, budget // 2)).chunk(doc.text, doc.page_starts)
+                new.locations = locate(new.spans, doc.page_starts, doc.headings)
                 texts += [encoder_input(prefix, doc.text[a:b]) for a, b in new.spans]
             docs.append(new)
         return _Pending(source, docs, texts)

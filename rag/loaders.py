@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from rag.errors import RagError
+from rag.locations import heading_lines, markdown_headings
 from rag.records import SourceDocument
 
 
@@ -71,7 +72,8 @@ def load_text(path: str, data: bytes, options: LoadOptions) -> list[SourceDocume
 def load_markdown(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
     text = clean_text(decode_text(data))
     title = next((m.group(1).strip() for m in re.finditer(r"^#\s+(.+)$", text, re.M)), None)
-    return [SourceDocument(uri=path, title=title or _title_from_text(text, Path(path).name), text=text)]
+    return [SourceDocument(uri=path, title=title or _title_from_text(text, Path(path).name), text=text,
+                           headings=markdown_headings(text))]
 
 
 def load_html(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
@@ -92,12 +94,14 @@ def load_html(path: str, data: bytes, options: LoadOptions) -> list[SourceDocume
     title = " ".join((tree.findtext(".//title") or "").split()) or Path(path).name
     body = tree.find(".//body")
     fallback = body.text_content() if body is not None else ""
+    headings = [h.text_content().replace("\u00b6", "") for h in tree.iter("h1", "h2", "h3")]
     # fast=True skips trafilatura's second-opinion extractors: same text on documentation pages, ~40% quicker
     text = trafilatura.extract(tree, include_tables=True, include_comments=False, favor_recall=True, fast=True) or ""
     if not text.strip():  # pages that are all "boilerplate" to trafilatura: fall back to the body text
         text = fallback
-    text = text.replace("\u00b6", "")  # Sphinx permalink marks
-    return [SourceDocument(uri=path, title=title, text=clean_text(text))]
+    text = clean_text(text.replace("\u00b6", ""))  # Sphinx permalink marks
+    # the extracted text keeps each heading on a line of its own: find those lines by the h1-h3 texts
+    return [SourceDocument(uri=path, title=title, text=text, headings=heading_lines(text, headings))]
 
 
 def load_pdf(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
@@ -112,9 +116,28 @@ def load_pdf(path: str, data: bytes, options: LoadOptions) -> list[SourceDocumen
         raise LoadError(f"corrupt PDF: {exc}") from exc
     except Exception as exc:  # pypdf raises assorted errors on damaged files
         raise LoadError(f"corrupt PDF: {type(exc).__name__}: {exc}") from exc
-    text = clean_text("\n\n".join(p.strip() for p in pages if p.strip()))
+    text, page_starts = join_pages(pages)
     title = str(meta_title).strip() or _title_from_text(text, Path(path).name)
-    return [SourceDocument(uri=path, title=title, text=text, metadata={"pages": len(pages)})]
+    return [SourceDocument(uri=path, title=title, text=text, metadata={"pages": len(pages)}, page_starts=page_starts)]
+
+
+def join_pages(pages: list[str]) -> tuple[str, list[int]]:
+    """Page texts -> (the document's text, the offset at which each page starts in it).
+
+    Pages are cleaned one by one and joined by a blank line; an empty page starts where the next
+    page's text will, so the offset of any character maps back to the page it was printed on.
+    """
+    parts: list[str] = []
+    starts: list[int] = []
+    length = 0
+    for raw in pages:
+        page = clean_text(raw)
+        separator = 2 if parts else 0
+        starts.append(length + separator)
+        if page:
+            parts.append(page)
+            length += separator + len(page)
+    return "\n\n".join(parts), starts
 
 
 def _record(path: str, n: int, record, options: LoadOptions, where: str = "") -> SourceDocument:

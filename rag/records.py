@@ -14,6 +14,10 @@ class SourceDocument:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     mtime: float | None = None
+    # where a person finds a passage again (rag.locations): character offset at which each page
+    # starts (PDF; page n at index n - 1), and (offset, text) of each heading (HTML, Markdown)
+    page_starts: list[int] = field(default_factory=list)
+    headings: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -40,6 +44,12 @@ class Passage:
     text: str
     start: int  # character offsets into the document's text
     end: int
+    page: int | None = None  # PDF page (1-based) the passage starts on; None for other formats
+    last_page: int | None = None  # page it ends on
+    heading: str | None = None  # the heading it sits under (HTML, Markdown)
+
+    def location_json(self) -> dict:
+        return {"page": self.page, "last_page": self.last_page, "heading": self.heading}
 
 
 @dataclass
@@ -58,6 +68,7 @@ class Hit:
             "passage_id": self.passage.id,
             "text": self.passage.text,
             "document": self.document.to_json(),
+            **self.passage.location_json(),
         }
 
 
@@ -67,7 +78,8 @@ class Citation:
     hit: Hit
 
     def to_json(self) -> dict:
-        return {"n": self.n, "passage_id": self.hit.passage.id, "document": self.hit.document.to_json()}
+        return {"n": self.n, "passage_id": self.hit.passage.id, "document": self.hit.document.to_json(),
+                **self.hit.passage.location_json()}
 
 
 @dataclass

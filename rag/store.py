@@ -21,6 +21,7 @@ import numpy as np
 import sqlite_utils
 
 from rag.errors import RagError
+from rag.locations import Location
 from rag.records import Document, Passage
 
 DB_NAME = "rag.db"
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS documents (
     metadata TEXT NOT NULL DEFAULT '{}',
     ingested_at TEXT NOT NULL,
     text TEXT,
-    duplicate_of INTEGER REFERENCES documents(id)
+    duplicate_of INTEGER REFERENCES documents(id),
+    page_starts TEXT
 );
 CREATE INDEX IF NOT EXISTS documents_source ON documents(source);
 CREATE INDEX IF NOT EXISTS documents_content ON documents(collection, content_hash);
@@ -58,14 +60,27 @@ CREATE TABLE IF NOT EXISTS passages (
     ord INTEGER NOT NULL,
     text TEXT NOT NULL,
     start INTEGER NOT NULL,
-    "end" INTEGER NOT NULL
+    "end" INTEGER NOT NULL,
+    page INTEGER,
+    last_page INTEGER,
+    heading TEXT
 );
 CREATE INDEX IF NOT EXISTS passages_document ON passages(document_id, ord);
 CREATE TABLE IF NOT EXISTS embeddings (passage_id INTEGER PRIMARY KEY, vector BLOB NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(title, body, tokenize='porter unicode61');
 """
 
+# Columns added after the first release: (table, column, type). Opening an older rag.db adds them
+# in place; rows written before stay NULL ("unknown"), which every reader accepts.
+_ADDED_COLUMNS = [
+    ("documents", "page_starts", "TEXT"),  # JSON list: character offset where each PDF page starts
+    ("passages", "page", "INTEGER"),
+    ("passages", "last_page", "INTEGER"),
+    ("passages", "heading", "TEXT"),
+]
+
 _DOC_COLUMNS = "id, path, title, collection, content_hash, size, mtime, metadata, ingested_at"
+_PASSAGE_COLUMNS = 'id, document_id, ord, text, start, "end", page, last_page, heading'
 
 
 @dataclass
@@ -82,6 +97,8 @@ class NewDocument:
     size: int = 0
     mtime: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    locations: list[Location] = field(default_factory=list)  # one per span; empty: unknown
+    page_starts: list[int] = field(default_factory=list)  # PDF: offset where each page starts
 
 
 @dataclass
@@ -109,7 +126,8 @@ def _document(row: sqlite3.Row) -> Document:
 
 def _passage(row: sqlite3.Row) -> Passage:
     return Passage(id=row["id"], document_id=row["document_id"], order=row["ord"], text=row["text"],
-                   start=row["start"], end=row["end"])
+                   start=row["start"], end=row["end"], page=row["page"], last_page=row["last_page"],
+                   heading=row["heading"])
 
 
 def keyword_query(text: str) -> str:
@@ -160,6 +178,7 @@ class Store:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.executescript(_SCHEMA)
+            self._upgrade()
         except sqlite3.DatabaseError as exc:
             raise RagError(f"cannot open the store {self.path}: {exc}") from exc
         self.db = sqlite_utils.Database(self.conn)
@@ -168,6 +187,28 @@ class Store:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+    def _upgrade(self) -> None:
+        """Add the columns a store made by an older version lacks (in one transaction, so two
+        processes opening the same old file at once do not both try). Stored PDFs are marked
+        changed then, so the next `rag ingest` of them reads their pages (old passages have none)."""
+        def missing() -> list[tuple[str, str, str]]:
+            have = {t: {r[1] for r in self.conn.execute(f"PRAGMA table_info({t})")} for t in ("documents", "passages")}
+            return [(t, c, kind) for t, c, kind in _ADDED_COLUMNS if c not in have[t]]
+
+        if not missing():
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            added = missing()
+            for table, column, kind in added:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if ("passages", "page", "INTEGER") in added:
+                self.conn.execute("UPDATE documents SET source_hash = '' WHERE lower(source) LIKE '%.pdf'")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     # --- meta: encoder, backend, generation -------------------------------------------------
 
@@ -252,13 +293,24 @@ class Store:
             raise RagError(f"no document with id {id}")
         return row[0] or ""
 
+    def page_starts(self, id: int) -> list[int]:
+        """Where each PDF page starts in the document's text (a duplicate shares its original's);
+        empty for other formats and for documents stored before pages were recorded."""
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT COALESCE(o.page_starts, d.page_starts) FROM documents d "
+                "LEFT JOIN documents o ON o.id = d.duplicate_of WHERE d.id = ?", (int(id),)).fetchone()
+        if row is None:
+            raise RagError(f"no document with id {id}")
+        return json.loads(row[0]) if row[0] else []
+
     def passages_of(self, doc_id: int) -> list[Passage]:
         with self.lock:
             original = self.conn.execute("SELECT COALESCE(duplicate_of, id) FROM documents WHERE id = ?",
                                          (int(doc_id),)).fetchone()
             if original is None:
                 raise RagError(f"no document with id {doc_id}")
-            rows = self.conn.execute('SELECT id, document_id, ord, text, start, "end" FROM passages '
+            rows = self.conn.execute(f"SELECT {_PASSAGE_COLUMNS} FROM passages "
                                      "WHERE document_id = ? ORDER BY ord", (original[0],)).fetchall()
         return [_passage(r) for r in rows]
 
@@ -274,7 +326,7 @@ class Store:
             return {}
         with self.lock:
             rows = self.conn.execute(
-                'SELECT id, document_id, ord, text, start, "end" FROM passages '
+                f"SELECT {_PASSAGE_COLUMNS} FROM passages "
                 "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)).fetchall()
         return {r["id"]: _passage(r) for r in rows}
 
@@ -417,18 +469,24 @@ class Store:
             "AND path != ? LIMIT 1", (doc.content_hash, doc.collection, doc.path)).fetchone()
         cur = self.conn.execute(
             "INSERT INTO documents (path, source, source_hash, title, collection, content_hash, size, mtime, "
-            "metadata, ingested_at, text, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "metadata, ingested_at, text, duplicate_of, page_starts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (doc.path, source, source_hash, doc.title, doc.collection, doc.content_hash, doc.size, doc.mtime,
              json.dumps(doc.metadata, default=str), _now(), None if original else doc.text,
-             original[0] if original else None))
+             original[0] if original else None,
+             json.dumps(doc.page_starts) if doc.page_starts and not original else None))
         if original:
             return [], 1
         doc_id = cur.lastrowid
         ids = []
-        for order, ((start, end), vector) in enumerate(zip(doc.spans, doc.vectors)):
+        if doc.locations and len(doc.locations) != len(doc.spans):
+            raise RagError(f"{doc.path}: {len(doc.locations)} passage locations for {len(doc.spans)} passages")
+        locations = doc.locations or [Location()] * len(doc.spans)
+        for order, ((start, end), vector, place) in enumerate(zip(doc.spans, doc.vectors, locations)):
             text = doc.text[start:end]
-            pid = self.conn.execute('INSERT INTO passages (document_id, ord, text, start, "end") VALUES (?, ?, ?, ?, ?)',
-                                    (doc_id, order, text, start, end)).lastrowid
+            pid = self.conn.execute(
+                'INSERT INTO passages (document_id, ord, text, start, "end", page, last_page, heading) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, order, text, start, end, place.page, place.last_page, place.heading)).lastrowid
             self.conn.execute("INSERT INTO embeddings (passage_id, vector) VALUES (?, ?)",
                               (pid, np.asarray(vector, dtype=np.float32).tobytes()))
             self.conn.execute("INSERT INTO passages_fts (rowid, title, body) VALUES (?, ?, ?)", (pid, doc.title, text))
@@ -437,7 +495,7 @@ class Store:
 
     def _remove(self, doc_id: int) -> list[int]:
         """Delete one document inside the open transaction; its duplicates inherit its passages."""
-        row = self.conn.execute("SELECT text, duplicate_of FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        row = self.conn.execute("SELECT text, duplicate_of, page_starts FROM documents WHERE id = ?", (doc_id,)).fetchone()
         if row is None:
             return []
         heirs = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE duplicate_of = ? ORDER BY id",
@@ -446,7 +504,8 @@ class Store:
         if row["duplicate_of"] is None and heirs:
             heir = heirs[0]
             title = self.conn.execute("SELECT title FROM documents WHERE id = ?", (heir,)).fetchone()[0]
-            self.conn.execute("UPDATE documents SET duplicate_of = NULL, text = ? WHERE id = ?", (row["text"], heir))
+            self.conn.execute("UPDATE documents SET duplicate_of = NULL, text = ?, page_starts = ? WHERE id = ?",
+                              (row["text"], row["page_starts"], heir))
             self.conn.execute("UPDATE documents SET duplicate_of = ? WHERE duplicate_of = ?", (heir, doc_id))
             self.conn.execute("UPDATE passages SET document_id = ? WHERE document_id = ?", (heir, doc_id))
             self.conn.execute("UPDATE passages_fts SET title = ? WHERE rowid IN "

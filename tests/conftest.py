@@ -52,3 +52,43 @@ def notes_data_dir(tmp_path_factory, encoder):
         return root / "data"
 
     return build
+
+
+# A four-page PDF whose pages each hold their own subject (page 2 is blank, as a scanned report's
+# back side may be); each page is longer than a passage, so the passage holding a page's last
+# sentence starts on that page.
+PAGED_PDF_FACT = "The Marrowfield apiary keeps exactly forty-two hives of black bees on the moor."
+PAGED_PDF_QUERY = "How many hives does the Marrowfield apiary keep?"
+
+
+def _page_text(subject: str, places: list[str], fact: str | None = None) -> list[str]:
+    sentences = [f"The {subject} survey of {place} in {1950 + 7 * i} counted {12 + 5 * i} sites, and the "
+                 f"volunteers wrote down the weather, the season and what the {subject} notes of {place} "
+                 f"said about the years before." for i, place in enumerate(places)]
+    return sentences + ([fact] if fact else [])
+
+
+PAGED_PDF_PAGES = [
+    _page_text("lighthouse", ["Skerryvore", "Bell Rock", "Fastnet", "Eddystone", "Longships", "Muckle Flugga",
+                              "Dubh Artach", "Chicken Rock"]),
+    [],
+    _page_text("beekeeping", ["Dartmoor", "Exmoor", "Bodmin", "the Mendips", "the Quantocks", "Purbeck",
+                              "the Cotswolds", "the Chilterns"], PAGED_PDF_FACT),
+    _page_text("glacier", ["Aletsch", "Rhone", "Gorner", "Morteratsch", "Pasterze", "Hintereis",
+                           "Vernagt", "Mer de Glace"]),
+]
+
+
+def write_paged_pdf(path, title: str = "Field survey report", pages: list[list[str]] = PAGED_PDF_PAGES) -> None:
+    """A real PDF (fpdf2), one page per list of paragraphs (an empty list: a blank page)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_title(title)
+    pdf.set_font("Helvetica", size=11)
+    for paragraphs in pages:
+        pdf.add_page()
+        for paragraph in paragraphs:
+            pdf.multi_cell(0, 6, paragraph)
+            pdf.ln(3)
+    pdf.output(str(path))

@@ -123,7 +123,7 @@ def test_cli_ask_json_and_text(data_dir, generator):
     assert set(data) == {"question", "answer", "citations", "passages", "hyde", "timings"}
     assert "Marrow" in data["answer"]
     assert data["citations"][0]["document"]["title"] == "Quillport"
-    assert set(data["citations"][0]) == {"n", "passage_id", "document"}
+    assert set(data["citations"][0]) == {"n", "passage_id", "document", "page", "last_page", "heading"}
     result = runner.invoke(main, ["ask", "Who founded Quillport?", "-k", "3", "--data", str(data_dir)])
     assert result.exit_code == 0, result.output
     assert "Answer:" in result.output and "Marrow" in result.output

@@ -147,8 +147,9 @@ def test_concurrent_searches_match_sequential(library):
 def test_hit_json_shape(library):
     hit = search(library, "bees", k=1)[0]
     payload = hit.to_json()
-    assert set(payload) == {"rank", "score", "passage_id", "text", "document"}
+    assert set(payload) == {"rank", "score", "passage_id", "text", "document", "page", "last_page", "heading"}
     assert set(payload["document"]) == {"id", "path", "title"}
+    assert payload["page"] is None and payload["last_page"] is None  # not a PDF
 
 
 @pytest.mark.parametrize("backend", available_backends())

@@ -241,3 +241,94 @@ def test_with_a_token_the_page_asks_for_it_before_writing(browser, encoder, tmp_
         status = page.evaluate(f"fetch('/api/documents/{doc_id}', {{method: 'DELETE'}}).then(r => r.status)")
         assert status == 401  # a script on the page without the token cannot delete
         context.close()
+
+
+@pytest.fixture(scope="module")
+def pdf_data_dir(tmp_path_factory, encoder) -> Path:
+    """A library holding one four-page PDF (page 2 blank)."""
+    from conftest import write_paged_pdf
+
+    from rag.ingest import ingest_paths
+    from rag.library import open_library
+
+    root = tmp_path_factory.mktemp("web-pdf")
+    write_paged_pdf(root / "survey.pdf")
+    library = open_library(root / "data", encoder=encoder)
+    try:
+        assert ingest_paths(library, [str(root / "survey.pdf")]).added == 1
+    finally:
+        library.close()
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def pdf_server(pdf_data_dir, encoder):
+    app = create_app({"DATA_DIR": str(pdf_data_dir), "ENCODER_OBJECT": encoder, "API_TOKEN": None})
+    with BackgroundServer(app, "127.0.0.1", 0) as running:
+        yield running
+
+
+def test_a_pdf_passage_shows_its_page_and_the_document_opens_there(browser, pdf_server, tmp_path):
+    from conftest import PAGED_PDF_QUERY
+
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(pdf_server.url + "/")
+    page.wait_for_selector("#documents li", state="attached")
+    search_for(page, PAGED_PDF_QUERY)
+    first = page.locator("#results .hit").first
+    assert "forty-two hives" in first.locator(".hit-text").text_content()
+    assert first.locator(".hit-where").text_content() in ("p. 3", "pp. 3\u20134")
+    href = first.locator(".hit-title").get_attribute("href")
+    assert "page=3" in href and href.endswith("#highlight")
+
+    first.locator(".hit-title").click()
+    page.wait_for_selector("#document-view:not([hidden]) #doc-highlight")
+    assert page.locator("#doc-text .page-marker").count() == 4
+    marker = page.locator("#doc-page-3")
+    assert marker.is_visible()
+    assert page.evaluate("getComputedStyle(document.getElementById('doc-page-3'), '::before').content") == '"page 3"'
+    assert "p. 3" in page.text_content("#doc-path") or "pp. 3\u20134" in page.text_content("#doc-path")
+    # the highlight follows the page-3 marker (and no page marker is counted as passage text)
+    assert page.evaluate("document.getElementById('doc-page-3').compareDocumentPosition("
+                         "document.getElementById('doc-highlight')) & Node.DOCUMENT_POSITION_FOLLOWING")
+    assert page.text_content("#doc-highlight") == first.locator(".hit-text").text_content()
+    page.wait_for_function(  # the highlighted passage is scrolled into the document view
+        "(() => { const box = document.getElementById('doc-text').getBoundingClientRect();"
+        " const r = document.getElementById('doc-highlight').getBoundingClientRect();"
+        " return r.top < box.bottom && r.bottom > box.top; })()")
+    save_screenshot(page, tmp_path, "pdf-page.png")
+
+    page.goto(pdf_server.url + href)  # the server-rendered view, opened in a new tab
+    assert page.locator(".doc-text .page-marker").count() == 4
+    assert "p. 3" in page.text_content(".document-page") or "pp. 3\u20134" in page.text_content(".document-page")
+    assert page.locator("#highlight").is_visible()
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_an_answer_citing_a_pdf_names_the_page(browser, pdf_data_dir, encoder, generator):
+    from conftest import PAGED_PDF_QUERY
+
+    app = create_app({"DATA_DIR": str(pdf_data_dir), "ENCODER_OBJECT": encoder,
+                      "GENERATOR_OBJECT": generator})
+    with BackgroundServer(app, "127.0.0.1", 0) as running:
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(running.url + "/")
+        page.fill("#q", PAGED_PDF_QUERY)
+        page.fill("#k", "2")
+        page.click("#ask-button")
+        page.wait_for_selector("#answer-text a.citation", timeout=240_000)
+        citation = page.locator("#answer-text a.citation").first
+        where = page.locator("#answer-text .citation-where").first.text_content()
+        assert where in (" (p. 3)", " (pp. 3\u20134)")
+        passage = page.locator(f"#passage-{citation.get_attribute('data-passage')}")
+        assert "forty-two hives" in passage.locator(".hit-text").text_content()
+        assert passage.locator(".hit-where").text_content() == where.strip(" ()")
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

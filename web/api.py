@@ -342,7 +342,9 @@ def get_document(doc_id: int):
         "document": dict(doc.to_json(), collection=doc.collection, size=doc.size, mtime=doc.mtime,
                          metadata=doc.metadata, ingested_at=doc.ingested_at),
         "text": store.document_text(doc_id),
-        "passages": [{"id": p.id, "order": p.order, "start": p.start, "end": p.end} for p in passages],
+        "page_starts": store.page_starts(doc_id),
+        "passages": [{"id": p.id, "order": p.order, "start": p.start, "end": p.end, **p.location_json()}
+                     for p in passages],
     }
 
 

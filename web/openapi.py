@@ -20,11 +20,20 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
     document_ref = {"type": "object", "required": ["id", "path", "title"], "properties": {
         "id": {"type": "integer"}, "path": {"type": "string"}, "title": {"type": "string"},
         "collection": {"type": "string"}}}
-    hit = {"type": "object", "required": ["rank", "score", "passage_id", "text", "document"], "properties": {
+    hit = {"type": "object", "required": ["rank", "score", "passage_id", "text", "document", "page", "last_page",
+                                          "heading"], "properties": {
         "rank": {"type": "integer"}, "score": {"type": "number"}, "passage_id": {"type": "integer"},
         "text": {"type": "string"}, "document": {"$ref": "#/components/schemas/DocumentRef"},
         "matched_terms": {"type": "array", "items": {"type": "string"},
                           "description": "query words that occur in the passage"}}}
+    location = {  # where a person finds the passage again; null when the format does not record it
+        "page": {"type": "integer", "minimum": 1, "nullable": True,
+                 "description": "PDF page (1-based) the passage starts on"},
+        "last_page": {"type": "integer", "minimum": 1, "nullable": True,
+                      "description": "PDF page the passage ends on"},
+        "heading": {"type": "string", "nullable": True,
+                    "description": "the heading (HTML h1-h3, Markdown #-###) the passage sits under"}}
+    hit["properties"].update(location)
     write_security = [{"bearer": []}, {}]
     return {
         "openapi": "3.0.3",
@@ -137,9 +146,10 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                     "where": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                         {"type": "object", "additionalProperties": {"type": "string"}}]},
                     "stream": {"type": "boolean", "description": "same as Accept: text/event-stream"}}},
-                "Citation": {"type": "object", "required": ["n", "passage_id", "document"], "properties": {
+                "Citation": {"type": "object", "required": ["n", "passage_id", "document", "page", "last_page",
+                                                            "heading"], "properties": {
                     "n": {"type": "integer"}, "passage_id": {"type": "integer"},
-                    "document": {"$ref": "#/components/schemas/DocumentRef"}}},
+                    "document": {"$ref": "#/components/schemas/DocumentRef"}, **location}},
                 "Answer": {"type": "object", "required": ["question", "answer", "citations", "passages"],
                            "properties": {
                                "question": {"type": "string"}, "answer": {"type": "string"},
@@ -163,10 +173,13 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                 "DocumentText": {"type": "object", "required": ["document", "text", "passages"], "properties": {
                     "document": {"$ref": "#/components/schemas/DocumentRef"},
                     "text": {"type": "string"},
+                    "page_starts": {"type": "array", "items": {"type": "integer"},
+                                    "description": "PDF: character offset into text where page n starts, "
+                                                   "at index n - 1 (empty for other formats)"},
                     "passages": {"type": "array", "items": {"type": "object", "properties": {
                         "id": {"type": "integer"}, "order": {"type": "integer"},
                         "start": {"type": "integer", "description": "character offset into text"},
-                        "end": {"type": "integer"}}}}}},
+                        "end": {"type": "integer"}, **location}}}}},
                 "UploadResult": {"type": "object", "required": ["files"], "properties": {
                     "added": {"type": "integer"}, "updated": {"type": "integer"},
                     "skipped": {"type": "integer"}, "failed": {"type": "integer"},

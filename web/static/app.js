@@ -105,21 +105,39 @@ function appendMarked(parent, text, terms) {
   parent.append(text.slice(last));
 }
 
+// Where to find a passage again: "p. 3", "pp. 3–4", "§ Heading" (the rule of rag/locations.py).
+function locationLabel(item) {
+  const parts = [];
+  if (item.page != null) {
+    parts.push(item.last_page != null && item.last_page !== item.page ? `pp. ${item.page}–${item.last_page}` : `p. ${item.page}`);
+  }
+  if (item.heading) parts.push(`§ ${item.heading}`);
+  return parts.join(" · ");
+}
+
+function documentHref(documentId, passageId, page) {
+  const params = new URLSearchParams({ passage: passageId });
+  if (page != null) params.set("page", page);
+  return `/documents/${documentId}?${params.toString()}#highlight`;
+}
+
 function renderHits(hits, title, citedIds) {
   const list = $("results");
   list.replaceChildren();
   $("results-title").textContent = title;
   for (const [i, hit] of hits.entries()) {
     const doc = hit.document;
-    const open = el("a", { class: "hit-title", href: `/documents/${doc.id}?passage=${hit.passage_id}#highlight`,
+    const open = el("a", { class: "hit-title", href: documentHref(doc.id, hit.passage_id, hit.page),
                            text: doc.title || doc.path, "data-document": doc.id, "data-passage": hit.passage_id });
     open.addEventListener("click", (event) => {
       if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;  // new tab: the server page
       event.preventDefault();
-      openDocument(doc.id, hit.passage_id);
+      openDocument(doc.id, hit.passage_id, hit.page);
     });
+    const where = locationLabel(hit);
     const head = el("div", { class: "hit-head" },
       el("span", { class: "hit-n", text: `[${i + 1}]` }), open,
+      ...(where ? [el("span", { class: "hit-where", text: where })] : []),
       el("span", { class: "hit-path", text: doc.path }),
       el("span", { class: "hit-score", text: `score ${Number(hit.score).toFixed(4)}` }));
     const text = el("p", { class: "hit-text" });
@@ -165,6 +183,8 @@ function renderAnswerText(text, citations) {
       highlightPassage(citation.passage_id);
     });
     box.append(link);
+    const where = locationLabel(citation);
+    if (where) box.append(el("span", { class: "citation-where", text: ` (${where})` }));
     last = match.index + match[0].length;
   }
   box.append(text.slice(last));
@@ -292,25 +312,47 @@ async function runAsk() {
 
 // --- the document view ------------------------------------------------------------------------
 
-async function openDocument(documentId, passageId) {
+// The document text into `pre`, a marker where each PDF page starts, the passage (if any) in one
+// <mark> (the markers it spans go inside it); the order of web/pages.py's document_pieces.
+function fillDocument(pre, text, pageStarts, passage) {
+  const events = pageStarts.map((start, i) => [Math.min(start, text.length), 1, "page", i + 1]);
+  if (passage) events.push([passage.start, 2, "open"], [passage.end, 0, "close"]);
+  events.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let at = 0, into = pre, mark = null;
+  for (const [offset, , kind, page] of events) {
+    if (offset > at) { into.append(text.slice(at, offset)); at = offset; }
+    if (kind === "page") {
+      into.append(el("span", { class: "page-marker", id: `doc-page-${page}`, "data-page": page, role: "note",
+                               "aria-label": `page ${page}` }));
+    } else if (kind === "open") {
+      mark = el("mark", { class: "passage-highlight", id: "doc-highlight" });
+      pre.append(mark);
+      into = mark;
+    } else {
+      into = pre;
+    }
+  }
+  pre.append(text.slice(at));
+  return mark;
+}
+
+async function openDocument(documentId, passageId, page) {
   try {
     const doc = await getJSON(`/api/documents/${documentId}`);
     const passage = doc.passages.find((p) => p.id === passageId);
+    const pages = doc.page_starts || [];
     $("doc-title").textContent = doc.document.title || doc.document.path;
-    $("doc-path").textContent = `${doc.document.path} · ${doc.passages.length} passages`;
+    const where = passage ? locationLabel(passage) : "";
+    $("doc-path").textContent = `${doc.document.path} · ${doc.passages.length} passages` +
+      (pages.length ? ` · ${pages.length} pages` : "") + (where ? ` · passage at ${where}` : "");
     const pre = $("doc-text");
     pre.replaceChildren();
-    if (passage) {
-      const mark = el("mark", { class: "passage-highlight", id: "doc-highlight", text: doc.text.slice(passage.start, passage.end) });
-      pre.append(doc.text.slice(0, passage.start), mark, doc.text.slice(passage.end));
-      $("document-view").hidden = false;
-      $("document-view").scrollIntoView({ block: "start" });
-      mark.scrollIntoView({ block: "center" });
-    } else {
-      pre.append(doc.text);
-      $("document-view").hidden = false;
-      $("document-view").scrollIntoView({ block: "start" });
-    }
+    const mark = fillDocument(pre, doc.text, pages, passage);
+    $("document-view").hidden = false;
+    $("document-view").scrollIntoView({ block: "start" });
+    const pageMarker = page != null ? $(`doc-page-${page}`) : null;
+    if (mark) mark.scrollIntoView({ block: "center" });
+    else if (pageMarker) pageMarker.scrollIntoView({ block: "start" });
   } catch (e) {
     showError(e.message);
   }
