@@ -109,8 +109,10 @@ def retrieval(dataset_dir, backends, modes, hyde, limit, split, encoder_backends
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
               help="Data directory; the latency store is cached under <data>/bench/ (default ./rag-data).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--encoder-backend", default=None, type=click.Choice(["torch", "onnx", "onnx-int8"]),
+              help="Encoder back end of the ingest side (default: the default one); the raw side is PyTorch.")
 def ingest_benchmark(pages, backend, queries, no_latency, no_throughput, search_data, plot_path, data,
-                     as_json) -> None:
+                     as_json, encoder_backend) -> None:
     """Ingest throughput against the raw encoder, and search latency p50/p95 per mode at 10k+ passages."""
     import json
     from pathlib import Path
@@ -121,7 +123,8 @@ def ingest_benchmark(pages, backend, queries, no_latency, no_throughput, search_
 
     try:
         bench = run(data_dir(data), pages=pages, backend=backend, queries=queries, skip_latency=no_latency,
-                    skip_throughput=no_throughput, search_data=Path(search_data) if search_data else None)
+                    skip_throughput=no_throughput, search_data=Path(search_data) if search_data else None,
+                    encoder_backend=encoder_backend)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     if plot_path:
