@@ -30,6 +30,8 @@ from rag.errors import RagError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
+# The fastest back end whose SciFact nDCG@10 (dense and hybrid, flat) stays within 0.005 of torch's:
+# on a 1,000-document SciFact subset, dense 0.8077 vs 0.8002, hybrid 0.8348 vs 0.8367 (see README).
 DEFAULT_ENCODER_BACKEND = "onnx-int8"
 EXPORT_VERSION = 1  # bump when the export changes: a new cache directory, old files unused
 
