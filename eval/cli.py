@@ -66,10 +66,13 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--hyde", is_flag=True, help="Also run dense and hybrid with HyDE query vectors (default generator).")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate only the first N judged queries.")
 @click.option("--split", default="test", show_default=True, help="The qrels file: qrels/SPLIT.tsv.")
+@click.option("--encoder-backends", default=None,
+              help="Comma-separated encoder back ends (torch, onnx, onnx-int8), each its own cached store "
+                   "(default: the default back end).")
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
               help="Data directory; the dataset's store is cached under <data>/eval/ (default ./rag-data).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def retrieval(dataset_dir, backends, modes, hyde, limit, split, data, as_json) -> None:
+def retrieval(dataset_dir, backends, modes, hyde, limit, split, encoder_backends, data, as_json) -> None:
     """Retrieval quality on a BEIR-format dataset (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
 
     nDCG@10, Recall@10, Recall@100, MRR@10, MAP@100 (trec_eval rules) and queries/s for each
@@ -82,7 +85,7 @@ def retrieval(dataset_dir, backends, modes, hyde, limit, split, data, as_json) -
 
     try:
         report = evaluate_retrieval(dataset_dir, data=data, backends=_names(backends), modes=_names(modes),
-                                    hyde=hyde, limit=limit, split=split)
+                                    hyde=hyde, limit=limit, split=split, encoder_backends=_names(encoder_backends))
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -106,8 +109,10 @@ def retrieval(dataset_dir, backends, modes, hyde, limit, split, data, as_json) -
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
               help="Data directory; the latency store is cached under <data>/bench/ (default ./rag-data).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--encoder-backend", default=None, type=click.Choice(["torch", "onnx", "onnx-int8"]),
+              help="Encoder back end of the ingest side (default: the default one); the raw side is PyTorch.")
 def ingest_benchmark(pages, backend, queries, no_latency, no_throughput, search_data, plot_path, data,
-                     as_json) -> None:
+                     as_json, encoder_backend) -> None:
     """Ingest throughput against the raw encoder, and search latency p50/p95 per mode at 10k+ passages."""
     import json
     from pathlib import Path
@@ -118,7 +123,8 @@ def ingest_benchmark(pages, backend, queries, no_latency, no_throughput, search_
 
     try:
         bench = run(data_dir(data), pages=pages, backend=backend, queries=queries, skip_latency=no_latency,
-                    skip_throughput=no_throughput, search_data=Path(search_data) if search_data else None)
+                    skip_throughput=no_throughput, search_data=Path(search_data) if search_data else None,
+                    encoder_backend=encoder_backend)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     if plot_path:

@@ -184,7 +184,7 @@ def encoded_passages(count: int, cache_dir: Path, encoder=None, chunk: int = 500
             if encoder is None:
                 from rag.encoders import load_encoder
 
-                encoder = load_encoder()
+                encoder = load_encoder(backend="torch")  # the cache holds float32 vectors, whatever the default
             vectors = encoder.encode(texts[start:stop])
             path = parts_dir / f"python-docs-minilm-{start}-{stop}.npy"
             tmp = path.with_suffix(".tmp.npy")

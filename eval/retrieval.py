@@ -41,6 +41,7 @@ class EvalStore:
     passage_docs: dict[int, list[str]]  # passage id -> BEIR ids of its document and of exact duplicates
     multi_passage_documents: int
     failures: list[str] = field(default_factory=list)  # documents ingestion refused (never retrievable)
+    documents_per_s: float | None = None  # ingestion rate, from this run or the one that built the store
 
 
 @dataclass
@@ -51,9 +52,10 @@ class ResultRow:
     metrics: dict[str, float]
     qps: float
     recall_curve: dict[int, float] = field(default_factory=dict)
+    encoder_backend: str | None = None  # None for keyword: it uses no encoder
 
     def to_json(self) -> dict:
-        return {"backend": self.backend, "mode": self.mode, "hyde": self.hyde,
+        return {"backend": self.backend, "encoder_backend": self.encoder_backend, "mode": self.mode, "hyde": self.hyde,
                 **{name: round(self.metrics[name], 4) for name in METRICS},
                 "qps": round(self.qps, 2 if self.qps >= 1 else 4)}
 
@@ -67,12 +69,15 @@ class RetrievalReport:
     store: EvalStore
     plots: list[Path] = field(default_factory=list)
     hyde_seconds_per_query: float | None = None
+    ingest_rates: dict[str, float | None] = field(default_factory=dict)  # encoder back end -> documents/s
+
 
     def to_json(self) -> dict:
         """The shape other tools read: exactly {"dataset": {...}, "results": [...]}."""
         return {"dataset": {"path": str(self.dataset.path), "documents": len(self.dataset.corpus),
                             "queries": self.queries},
-                "results": [row.to_json() for row in self.rows]}
+                "results": [row.to_json() for row in self.rows],
+                "ingest_documents_per_s": {k: (round(v, 2) if v else None) for k, v in self.ingest_rates.items()}}
 
 
 # --- the cached store -------------------------------------------------------------------------------
@@ -104,16 +109,20 @@ def _passage_documents(library) -> tuple[dict[int, list[str]], int]:
 
 
 def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: bool = True,
-                    model: str | None = None) -> EvalStore:
-    """The dataset's store under <data>/eval/, ingested on first use and reused after that."""
+                    model: str | None = None, encoder_backend: str | None = None) -> EvalStore:
+    """The dataset's store under <data>/eval/, one per encoder back end, ingested on first use and reused after."""
     from rag.config import data_dir
-    from rag.encoders import load_encoder
+    from rag.encoders import DEFAULT_ENCODER_BACKEND, load_encoder
+    from rag.generators import model_cache_dir
     from rag.ingest import ingest_documents
     from rag.library import open_library
 
     started = time.perf_counter()
-    encoder = load_encoder(model)
-    key = corpus_fingerprint(dataset.path, extra=f"{encoder.name}:{getattr(encoder, 'path', '')}")
+    encoder = load_encoder(model, encoder_backend or DEFAULT_ENCODER_BACKEND, cache_dir=model_cache_dir(data))
+    extra = f"{encoder.name}:{getattr(encoder, 'path', '')}"
+    if encoder.backend != "torch":  # torch stores keep the key they had before back ends existed
+        extra += f":{encoder.backend}"
+    key = corpus_fingerprint(dataset.path, extra=extra)
     directory = data_dir(data) / "eval" / f"{dataset.name}-{key}"
     marker = directory / MARKER
     state = _read_json(marker)
@@ -134,11 +143,13 @@ def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: boo
             raise RagError(f"{dataset.path / 'corpus.jsonl'}: no document could be ingested ({'; '.join(failures[:3])})")
         _write_json(marker, {"documents": len(dataset.corpus), "stored": stored, "failures": failures,
                              "passages": library.store.passage_count(), "ingest_seconds": round(report.seconds, 1),
-                             "encoder": encoder.name})
+                             "encoder": encoder.name, "encoder_backend": encoder.backend})
     else:
         failures = list(state.get("failures", []))
     mapping, multi = _passage_documents(library)
-    return EvalStore(library, directory, reused, time.perf_counter() - started, mapping, multi, failures)
+    ingest_seconds = report.seconds if not reused else (state or {}).get("ingest_seconds")
+    return EvalStore(library, directory, reused, time.perf_counter() - started, mapping, multi, failures,
+                     len(dataset.corpus) / ingest_seconds if ingest_seconds else None)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -256,10 +267,13 @@ def hyde_vectors(store: EvalStore, dataset: BeirDataset, query_ids: list[str], d
 
 def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] | None = None,
                        modes: list[str] | None = None, hyde: bool = False, limit: int | None = None,
-                       split: str = "test", progress: bool = True, plots: bool = True) -> RetrievalReport:
-    """Every requested backend x mode (x HyDE off/on): nDCG@10, Recall@10/100, MRR@10, MAP@100, queries/s."""
+                       split: str = "test", progress: bool = True, plots: bool = True,
+                       encoder_backends: list[str] | None = None) -> RetrievalReport:
+    """Every requested encoder back end x backend x mode (x HyDE off/on): nDCG@10, Recall@10/100,
+    MRR@10, MAP@100, queries/s; each encoder back end has its own cached store."""
     from indexes import available_backends
-    from rag.search import MODES, fuse, keyword_ranking
+    from rag.encoders import DEFAULT_ENCODER_BACKEND, ENCODER_BACKENDS
+    from rag.search import MODES
 
     modes = list(modes or MODES)
     unknown = [m for m in modes if m not in MODES]
@@ -269,15 +283,53 @@ def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] |
     unknown = [b for b in backends if b not in available_backends()]
     if unknown:
         raise RagError(f"unknown backend(s) {', '.join(unknown)}; available: {', '.join(available_backends())}")
+    encoder_backends = list(encoder_backends or [DEFAULT_ENCODER_BACKEND])
+    unknown = [b for b in encoder_backends if b not in ENCODER_BACKENDS]
+    if unknown:
+        raise RagError(f"unknown encoder back end(s) {', '.join(unknown)}; available: {', '.join(ENCODER_BACKENDS)}")
 
     dataset = load_beir(dataset_dir, split)
     notes = list(dataset.warnings)
     query_ids = list(dataset.queries)[: limit or None]
-    texts = [dataset.queries[q] for q in query_ids]
-    store = open_eval_store(dataset, data, progress)
+    rows: list[ResultRow] = []
+    rates: dict[str, float | None] = {}
+    hyde_cost = store = None
+    for i, encoder_backend in enumerate(encoder_backends):
+        store = open_eval_store(dataset, data, progress, encoder_backend=encoder_backend)
+        rates[encoder_backend] = store.documents_per_s
+        modes_here = modes if i == 0 else [m for m in modes if m != "keyword"]  # keyword uses no encoder
+        more_rows, more_notes, hyde_cost = _evaluate_store(store, dataset, query_ids, backends, modes_here, hyde,
+                                                           data, progress)
+        rows += more_rows
+        notes += [f"[{encoder_backend}] {n}" if len(encoder_backends) > 1 else n for n in more_notes]
+    if "hybrid" in modes:
+        from rag.search import RRF_K
+
+        notes.append(f"hybrid: reciprocal rank fusion (rag.search.fuse, k={RRF_K}) of the dense and keyword "
+                     f"rankings, {PASSAGE_DEPTH} passages deep each")
+    notes.append("ingest documents/s per encoder back end: " + ", ".join(
+        f"{k} {v:.1f}" if v else f"{k} unknown" for k, v in rates.items())
+        + " (whole ingest of the corpus, from the run that built each store; valid only on an idle machine)")
+    report = RetrievalReport(dataset, len(query_ids), rows, notes, store, hyde_seconds_per_query=hyde_cost,
+                             ingest_rates=rates)
+    if plots and rows:
+        from rag.config import data_dir
+
+        report.plots = write_plots(report, data_dir(data))
+    return report
+
+
+def _evaluate_store(store: EvalStore, dataset: BeirDataset, query_ids: list[str], backends: list[str],
+                    modes: list[str], hyde: bool, data, progress: bool):
+    """The rows of one encoder back end's store: (rows, notes, HyDE seconds per query or None)."""
+    from rag.search import fuse, keyword_ranking
+
     library = store.library
-    notes.append(f"store: {store.directory} ({'reused' if store.reused else 'ingested'} in {store.seconds:.1f} s; "
-                 f"{len(store.passage_docs):,} passages for {len(dataset.corpus):,} documents)")
+    encoder_backend = library.encoder_backend
+    texts = [dataset.queries[q] for q in query_ids]
+    notes = [f"store: {store.directory} ({'reused' if store.reused else 'ingested'} in {store.seconds:.1f} s; "
+             f"{len(store.passage_docs):,} passages for {len(dataset.corpus):,} documents; "
+             f"encoder back end {encoder_backend})"]
     if store.failures:
         notes.append(f"{len(store.failures)} document(s) could not be ingested and count as never retrieved: "
                      + "; ".join(store.failures[:3]) + (" ..." if len(store.failures) > 3 else ""))
@@ -316,25 +368,16 @@ def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] |
             dense_seconds = time.perf_counter() - started + encode_seconds
             if "dense" in vector_modes:
                 metrics, curve = _score(dataset, query_ids, dense, store.passage_docs)
-                rows.append(ResultRow(backend, "dense", with_hyde, metrics, len(texts) / max(dense_seconds, 1e-9), curve))
+                rows.append(ResultRow(backend, "dense", with_hyde, metrics, len(texts) / max(dense_seconds, 1e-9),
+                                      curve, encoder_backend))
             if "hybrid" in vector_modes:
                 started = time.perf_counter()
                 fused = [fuse([[i for i, _ in d], [i for i, _ in k]]) for d, k in zip(dense, keyword)]
                 seconds = dense_seconds + keyword_seconds + time.perf_counter() - started
                 metrics, curve = _score(dataset, query_ids, fused, store.passage_docs)
-                rows.append(ResultRow(backend, "hybrid", with_hyde, metrics, len(texts) / max(seconds, 1e-9), curve))
-    if "hybrid" in vector_modes:
-        from rag.search import RRF_K
-
-        notes.append(f"hybrid: reciprocal rank fusion (rag.search.fuse, k={RRF_K}) of the dense and keyword "
-                     f"rankings, {PASSAGE_DEPTH} passages deep each")
-
-    report = RetrievalReport(dataset, len(query_ids), rows, notes, store, hyde_seconds_per_query=hyde_cost)
-    if plots and rows:
-        from rag.config import data_dir
-
-        report.plots = write_plots(report, data_dir(data))
-    return report
+                rows.append(ResultRow(backend, "hybrid", with_hyde, metrics, len(texts) / max(seconds, 1e-9), curve,
+                                      encoder_backend))
+    return rows, notes, hyde_cost
 
 
 def write_plots(report: RetrievalReport, data_dir: Path) -> list[Path]:
@@ -342,9 +385,11 @@ def write_plots(report: RetrievalReport, data_dir: Path) -> list[Path]:
     from eval.plots import plot_ndcg, plot_recall_curves, row_label
 
     rows = [r.to_json() for r in report.rows]
+    if len(report.ingest_rates) > 1:  # several encoder back ends: one bar group per (backend, encoder back end)
+        rows = [{**r, "backend": f"{r['backend']} {r['encoder_backend']}"} if r["backend"] else r for r in rows]
     stem = f"{report.dataset.name}-{report.dataset.split}"
     out = data_dir / "eval" / "plots"
-    curves = {row_label(r.to_json()): r.recall_curve for r in report.rows}
+    curves = {row_label(row): r.recall_curve for row, r in zip(rows, report.rows)}
     return [
         plot_ndcg(rows, out / f"{stem}-ndcg.png", f"nDCG@10 on {report.dataset.name} ({report.queries} queries)"),
         plot_recall_curves(rows, curves, out / f"{stem}-recall.png", f"Recall@k on {report.dataset.name}"),
@@ -353,16 +398,16 @@ def write_plots(report: RetrievalReport, data_dir: Path) -> list[Path]:
 
 def format_table(report: RetrievalReport) -> str:
     """The table for people, with each backend's nDCG@10 change against flat in the same mode."""
-    flat = {(r.mode, r.hyde): r.metrics["ndcg@10"] for r in report.rows if r.backend == "flat"}
-    header = ["backend", "mode", "hyde", "nDCG@10", "R@10", "R@100", "MRR@10", "MAP@100", "q/s", "vs flat"]
+    flat = {(r.encoder_backend, r.mode, r.hyde): r.metrics["ndcg@10"] for r in report.rows if r.backend == "flat"}
+    header = ["backend", "encoder", "mode", "hyde", "nDCG@10", "R@10", "R@100", "MRR@10", "MAP@100", "q/s", "vs flat"]
     lines = []
     for r in report.rows:
-        base = flat.get((r.mode, r.hyde))
+        base = flat.get((r.encoder_backend, r.mode, r.hyde))
         delta = "" if r.backend in (None, "flat") or base is None else f"{r.metrics['ndcg@10'] - base:+.4f}"
-        lines.append([r.backend or "-", r.mode, "yes" if r.hyde else "no",
+        lines.append([r.backend or "-", r.encoder_backend or "-", r.mode, "yes" if r.hyde else "no",
                       *(f"{r.metrics[m]:.4f}" for m in METRICS), f"{r.qps:,.1f}" if r.qps >= 1 else f"{r.qps:.4f}", delta])
     widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     title = (f"{report.dataset.name} ({report.dataset.split}): {len(report.dataset.corpus):,} documents, "
              f"{report.queries} queries")
     return "\n".join([title, "", fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), "",

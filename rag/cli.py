@@ -20,12 +20,12 @@ def main() -> None:
 model_option = click.option("--model", default=None, help="sentence-transformers model directory (default all-MiniLM-L6-v2).")
 
 
-def _library(data, model=None, backend=None):
+def _library(data, model=None, backend=None, encoder_backend=None):
     from rag.errors import RagError
     from rag.library import open_library
 
     try:
-        return open_library(data, model=model, backend=backend)
+        return open_library(data, model=model, backend=backend, encoder_backend=encoder_backend)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -57,11 +57,13 @@ def _megabytes(n: int) -> str:
               help="Passages gathered across files per encode call (bigger is faster, smaller commits sooner).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--encoder-backend", default=None, type=click.Choice(["torch", "onnx", "onnx-int8"]),
+              help="How the encoder runs (default onnx-int8, or the store's recorded one); later commands follow the store.")
 @model_option
 @data_option
 def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, no_default_excludes, prune,
            text_field, id_field, title_field, text_columns, max_size, stdin_name, batch_passages, no_progress,
-           as_json, model, data):
+           as_json, encoder_backend, model, data):
     """Add files and folders (recursively; '-' reads stdin) to the store and index.
 
     Formats: .txt .md .html .pdf .json .jsonl .csv. Unchanged files are skipped, changed ones
@@ -74,7 +76,7 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
     from rag.ingest import ingest_paths
     from rag.loaders import LoadOptions
 
-    library = _library(data, model, backend)
+    library = _library(data, model, backend, encoder_backend)
     options = LoadOptions(text_field=text_field, id_field=id_field, title_field=title_field,
                           text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else [])
     try:
@@ -179,7 +181,8 @@ def stats(as_json, data):
     click.echo(f"data:        {info['data_dir']}")
     click.echo(f"documents:   {info['documents']}" + (f" ({info['duplicates']} duplicates)" if info["duplicates"] else ""))
     click.echo(f"passages:    {info['passages']}")
-    click.echo(f"encoder:     {info['encoder'] or '-'}" + (f" ({info['dim']} dims)" if info["dim"] else ""))
+    click.echo(f"encoder:     {info['encoder'] or '-'}" + (f" ({info['dim']} dims)" if info["dim"] else "")
+               + f", {info['encoder_backend']}")
     click.echo(f"index:       {info['backend']}")
     click.echo(f"sizes:       database {_megabytes(info['sizes']['database'])}, index {_megabytes(info['sizes']['index'])}")
     for name, c in info["collections"].items():

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.config import data_dir as resolve_data_dir
-from rag.encoders import DEFAULT_ENCODER
+from rag.encoders import DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, backends_can_share_a_store, check_encoder_backend
 from rag.errors import RagError
 from rag.store import DB_NAME, Store, WriteResult
 
@@ -38,7 +38,7 @@ class Library:
     """Store + encoder + index for one data directory; share one across threads."""
 
     def __init__(self, data: str | Path | None = None, model: str | None = None, backend: str | None = None,
-                 encoder=None):
+                 encoder=None, encoder_backend: str | None = None):
         self.data_dir = resolve_data_dir(data)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.data_dir / DB_NAME)
@@ -47,6 +47,7 @@ class Library:
         self._encoder = encoder
         self._index = None
         self.lock = threading.RLock()
+        self.encoder_backend = self._choose_encoder_backend(getattr(encoder, "backend", None) or encoder_backend)
         if encoder is not None:
             self.store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
         stored_backend = self.store.meta("backend")
@@ -64,6 +65,25 @@ class Library:
         if name not in available_backends():
             raise RagError(f"unknown index backend {name!r}; available: {', '.join(available_backends())}")
 
+    def _choose_encoder_backend(self, requested: str | None) -> str:
+        """The store's recorded encoder back end unless another is asked for; an empty store records
+        the choice, a store with vectors refuses a back end whose vectors differ (rag.encoders.VECTOR_FAMILY)."""
+        if requested:
+            check_encoder_backend(requested)
+        stored = self.store.meta("encoder_backend")
+        has_vectors = self.store.passage_count() > 0
+        if stored is None and has_vectors:
+            stored = "torch"  # stores from before back ends were recorded: encoded by sentence-transformers
+            self.store.set_meta("encoder_backend", stored)
+        chosen = requested or stored or DEFAULT_ENCODER_BACKEND
+        if not has_vectors:
+            if chosen != stored:
+                self.store.set_meta("encoder_backend", chosen)
+        elif not backends_can_share_a_store(stored, chosen):
+            raise RagError(f"this store was encoded with the {stored} encoder back end, whose vectors differ from "
+                           f"{chosen}'s; use --encoder-backend {stored}, or another --data directory for {chosen}")
+        return chosen
+
     @property
     def index_dir(self) -> Path:
         return self.data_dir / INDEX_DIR
@@ -77,7 +97,9 @@ class Library:
             if self._encoder is None:
                 from rag.encoders import load_encoder
 
-                encoder = load_encoder(self._model)
+                from rag.generators import model_cache_dir
+
+                encoder = load_encoder(self._model, self.encoder_backend, cache_dir=model_cache_dir(self.data_dir))
                 self.store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
                 self._encoder = encoder
             return self._encoder
@@ -176,6 +198,7 @@ class Library:
     def stats(self) -> dict:
         stats = self.store.stats()
         stats["backend"] = self.backend
+        stats["encoder_backend"] = self.encoder_backend
         return stats
 
     def close(self) -> None:
@@ -198,9 +221,10 @@ def index_from_store(store, backend: str, dim: int, **params):
 
 
 def open_library(data: str | Path | None = None, model: str | None = None, backend: str | None = None,
-                 encoder=None) -> Library:
-    """Open (creating if needed) the data directory; ``encoder`` reuses an already-loaded model."""
-    return Library(data, model=model, backend=backend, encoder=encoder)
+                 encoder=None, encoder_backend: str | None = None) -> Library:
+    """Open (creating if needed) the data directory; ``encoder`` reuses an already-loaded model,
+    ``encoder_backend`` (torch, onnx, onnx-int8) overrides the store's recorded one."""
+    return Library(data, model=model, backend=backend, encoder=encoder, encoder_backend=encoder_backend)
 
 
 def remove_index_files(library: Library) -> None:

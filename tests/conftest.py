@@ -9,19 +9,29 @@ from rag.encoders import load_encoder
 
 
 @pytest.fixture(scope="session")
-def encoder():
-    return load_encoder()
-
-
-@pytest.fixture(scope="session")
 def model_cache(tmp_path_factory):
-    """Converted generator models: RAG_MODEL_CACHE if set (reuse a developer's cache), else one per session.
+    """Converted models (generator, ONNX encoder exports): RAG_MODEL_CACHE if set (reuse a developer's
+    cache), else one per session.
 
-    The variable is then set for the whole session, so every default-generator load converts at most once.
+    The variable is then set for the whole session, so every default-model load converts at most once.
     """
     cache = os.environ.get("RAG_MODEL_CACHE") or str(tmp_path_factory.mktemp("models"))
     os.environ["RAG_MODEL_CACHE"] = cache
     return cache
+
+
+@pytest.fixture(scope="session")
+def encoder(model_cache):
+    """The default encoder back end (its ONNX export made once into the model cache)."""
+    return load_encoder()
+
+
+@pytest.fixture(scope="session")
+def encoders(model_cache, encoder):
+    """Every encoder back end, loaded once: name -> encoder."""
+    from rag.encoders import ENCODER_BACKENDS
+
+    return {name: encoder if name == encoder.backend else load_encoder(backend=name) for name in ENCODER_BACKENDS}
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from eval.beir import DatasetError, load_beir
 from indexes import available_backends
 from rag.cli import main
+from rag.encoders import DEFAULT_ENCODER_BACKEND
 
 # Short abstracts on unrelated subjects: each query below names its subject in words only its
 # document uses, so every retriever must put that document first.
@@ -118,9 +119,10 @@ def evaluated(tmp_path_factory):
 
 def test_json_shape_and_dataset_counts(evaluated):
     dataset, _, result, _ = evaluated
-    assert set(result) == {"dataset", "results"}
+    assert set(result) == {"dataset", "results", "ingest_documents_per_s"}
+    assert list(result["ingest_documents_per_s"]) == [DEFAULT_ENCODER_BACKEND]
     assert result["dataset"] == {"path": str(dataset.resolve()), "documents": len(DOCS), "queries": 9}
-    keys = {"backend", "mode", "hyde", "ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100", "qps"}
+    keys = {"backend", "encoder_backend", "mode", "hyde", "ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100", "qps"}
     for row in result["results"]:
         assert set(row) == keys
         assert row["hyde"] is False and row["qps"] > 0
@@ -264,3 +266,25 @@ def test_unknown_backend_and_mode_are_clear_errors(tmp_path):
     assert result.exit_code == 1 and "unknown mode(s) fuzzy" in result.output
     with pytest.raises(DatasetError, match="dataset directory not found"):
         load_beir(tmp_path / "nowhere")
+
+
+def test_each_encoder_backend_has_its_own_store_and_rows(tmp_path, encoders):
+    """--encoder-backends: the same rows per back end, keyword once, a documents/s figure for each."""
+    dataset = write_dataset(tmp_path / "tiny")
+    result = CliRunner().invoke(main, ["eval", "retrieval", str(dataset), "--data", str(tmp_path / "data"), "--json",
+                                       "--backends", "flat", "--modes", "keyword,dense,hybrid",
+                                       "--encoder-backends", "torch,onnx-int8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = [(r["encoder_backend"], r["backend"], r["mode"]) for r in report["results"]]
+    assert rows == [(None, None, "keyword"), ("torch", "flat", "dense"), ("torch", "flat", "hybrid"),
+                    ("onnx-int8", "flat", "dense"), ("onnx-int8", "flat", "hybrid")]
+    assert set(report["ingest_documents_per_s"]) == {"torch", "onnx-int8"}
+    assert all(rate > 0 for rate in report["ingest_documents_per_s"].values())
+    stores = sorted(p.name for p in (tmp_path / "data" / "eval").iterdir() if p.name.startswith("tiny"))
+    assert len(stores) == 2
+    # every query names its document in words only it uses: both back ends rank it first
+    assert all(r["mrr@10"] == 1.0 for r in report["results"] if r["mode"] == "dense")
+    bad = CliRunner().invoke(main, ["eval", "retrieval", str(dataset), "--data", str(tmp_path / "data"),
+                                    "--encoder-backends", "tensorrt"])
+    assert bad.exit_code != 0 and "unknown encoder back end(s) tensorrt" in bad.output

@@ -161,6 +161,7 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                           "properties": {
                               "documents": {"type": "integer"}, "passages": {"type": "integer"},
                               "backend": {"type": "string"}, "encoder": {"type": "string"},
+                              "encoder_backend": {"type": "string", "enum": ["torch", "onnx", "onnx-int8"]},
                               "collections": {"type": "object"},
                               "generator": {"type": "object", "properties": {
                                   "name": {"type": "string"},

@@ -1,0 +1,171 @@
+"""Encoder back ends (torch, onnx, onnx-int8): each loads offline and encodes, agrees with torch, makes
+its ONNX export once, and the store records which one built it."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from eval.corpora import real_passages
+from rag.cli import main
+from rag.encoders import (DEFAULT_ENCODER, ENCODER_BACKENDS, INT8_FILE, ONNX_FILE, EncoderError, OnnxEncoder,
+                          onnx_export_dir)
+from rag.errors import RagError
+from rag.ingest import ingest_paths
+from rag.library import open_library
+from rag.search import search
+
+# Cosine against torch on real passages, (mean, worst) that each back end must reach. Measured on
+# 1,000 Python-docs passages: onnx 1.00000 / 1.00000 (to 5 places), onnx-int8 0.9934 / 0.9792.
+AGREEMENT = {"torch": (0.99999, 0.99999), "onnx": (0.99999, 0.9999), "onnx-int8": (0.99, 0.97)}
+
+NOTES = {
+    "lighthouse.md": "# Lighthouse keepers\n\nThe keeper trimmed the lamp wick every evening and logged passing ships.",
+    "bread.txt": "Sourdough bread rises slowly: the starter's wild yeast needs a warm kitchen and a long night.",
+    "glacier.md": "# Glacier report\n\nThe glacier retreated forty metres this year, leaving moraine and meltwater lakes.",
+}
+
+
+@pytest.fixture(scope="module")
+def passages():
+    return real_passages(300)
+
+
+@pytest.fixture()
+def notes(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name, text in NOTES.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("name", ENCODER_BACKENDS)
+def test_each_backend_loads_offline_and_encodes(encoders, name):
+    encoder = encoders[name]
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert (encoder.backend, encoder.name, encoder.dim, encoder.max_tokens) == (name, DEFAULT_ENCODER, 384, 256)
+    texts = ["how do I read a file line by line", "x", "word " * 1000]  # the last one is cut at 256 tokens
+    vectors = encoder.encode(texts)
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # a query alone (one thread) gets the vector it gets in a batch (int8: activations are quantized per batch)
+    alone = encoder.encode([texts[0]])[0]
+    assert float(alone @ vectors[0]) > (0.99 if name == "onnx-int8" else 0.99999)
+    assert encoder.encode([]).shape == (0, 384)
+    assert encoder.count_tokens(["hello world"]) == [2]
+
+
+@pytest.mark.parametrize("name", ["onnx", "onnx-int8"])
+def test_vectors_agree_with_torch(encoders, passages, name):
+    reference = encoders["torch"].encode(passages)
+    vectors = encoders[name].encode(passages)
+    cosine = np.sum(vectors * reference, axis=1)
+    mean, worst = AGREEMENT[name]
+    assert cosine.mean() >= mean and cosine.min() >= worst, (cosine.mean(), cosine.min())
+    # the neighbour each passage finds among the others is (nearly) always the one torch finds
+    ours, theirs = vectors @ reference.T, reference @ reference.T
+    np.fill_diagonal(ours, -1)
+    np.fill_diagonal(theirs, -1)
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= (0.99 if name == "onnx" else 0.9)
+
+
+def test_export_is_made_once_reused_and_remade_when_broken(tmp_path, encoders, passages):
+    cache = tmp_path / "cache"
+    first = OnnxEncoder(quantized=True, cache_dir=cache)
+    directory = onnx_export_dir(first.path, cache)
+    assert first.file == directory / INT8_FILE
+    made = {p.name: p.stat().st_mtime_ns for p in directory.glob("*.onnx")}
+    assert set(made) == {ONNX_FILE, INT8_FILE}
+    assert json.loads((directory / "manifest.json").read_text())["source"] == first.path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "making it again"
+        second = OnnxEncoder(quantized=True, cache_dir=cache)
+    assert {p.name: p.stat().st_mtime_ns for p in directory.glob("*.onnx")} == made  # reused, not made again
+    texts = passages[:20]
+    expected = first.encode(texts)
+    assert np.allclose(second.encode(texts), expected, atol=1e-6)
+    # the export is deterministic: the session's encoder (made in another cache) gives the same vectors
+    assert np.allclose(encoders["onnx-int8"].encode(texts), expected, atol=1e-4)
+
+    (directory / INT8_FILE).write_bytes(b"not an onnx graph")  # a torn or corrupt file
+    with pytest.warns(UserWarning, match="making it again"):
+        third = OnnxEncoder(quantized=True, cache_dir=cache)
+    assert np.allclose(third.encode(texts), expected, atol=1e-6)
+
+    (directory / ONNX_FILE).write_bytes((directory / ONNX_FILE).read_bytes()[:4096])  # truncated float32 export
+    with pytest.warns(UserWarning, match="making it again"):
+        fourth = OnnxEncoder(quantized=False, cache_dir=cache)
+    assert np.allclose(fourth.encode(texts), encoders["onnx"].encode(texts), atol=1e-5)
+
+    (directory / INT8_FILE).unlink()  # missing: quantized again from the float32 export
+    assert np.allclose(OnnxEncoder(quantized=True, cache_dir=cache).encode(texts), expected, atol=1e-6)
+
+
+def test_a_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(EncoderError, match="encoder model directory not found"):
+        OnnxEncoder(str(tmp_path / "no-such-model"), cache_dir=tmp_path)
+
+
+def test_store_records_the_backend_and_refuses_mixing_int8_with_float(tmp_path, notes, encoders):
+    int8 = tmp_path / "int8"
+    library = open_library(int8, encoder=encoders["onnx-int8"])
+    assert ingest_paths(library, [str(notes)]).added == 3
+    library.close()
+
+    again = open_library(int8)  # no choice given: the store's
+    assert again.encoder_backend == "onnx-int8" and again.stats()["encoder_backend"] == "onnx-int8"
+    again.close()
+    for kwargs in ({"encoder_backend": "torch"}, {"encoder_backend": "onnx"}, {"encoder": encoders["torch"]}):
+        with pytest.raises(RagError, match="encoded with the onnx-int8 encoder back end, whose vectors differ"):
+            open_library(int8, **kwargs)
+
+    # torch and onnx vectors agree to cosine 0.99999: a store built by one is searched by the other
+    fp32 = tmp_path / "fp32"
+    library = open_library(fp32, encoder=encoders["torch"])
+    ingest_paths(library, [str(notes)])
+    library.close()
+    mixed = open_library(fp32, encoder=encoders["onnx"])
+    hits = search(mixed, "who looked after the lamp", k=1, mode="dense")
+    assert hits[0].document.title == "Lighthouse keepers"
+    assert mixed.encoder_backend == "onnx" and mixed.store.meta("encoder_backend") == "torch"
+    # a store from before back ends were recorded holds torch vectors
+    mixed.store.conn.execute("DELETE FROM meta WHERE key = 'encoder_backend'")
+    mixed.close()
+    assert open_library(fp32).encoder_backend == "torch"
+    with pytest.raises(RagError, match="encoded with the torch encoder back end"):
+        open_library(fp32, encoder_backend="onnx-int8")
+
+    # an empty store takes the back end it is given, and may change it until it holds vectors
+    empty = tmp_path / "empty"
+    assert open_library(empty, encoder_backend="onnx").store.meta("encoder_backend") == "onnx"
+    assert open_library(empty, encoder_backend="onnx-int8").store.meta("encoder_backend") == "onnx-int8"
+    with pytest.raises(RagError, match="unknown encoder back end 'tensorrt'"):
+        open_library(empty, encoder_backend="tensorrt")
+
+
+def test_cli_ingest_with_onnx_int8_then_search(tmp_path, notes, encoders):
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", str(notes), "--data", data, "--no-progress",
+                                  "--encoder-backend", "onnx-int8"])
+    assert result.exit_code == 0, result.output
+    assert "3 added" in result.output
+
+    result = runner.invoke(main, ["search", "bread dough and yeast", "--data", data, "--mode", "dense", "--json", "-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["results"][0]["document"]["path"].endswith("bread.txt")
+    stats = json.loads(runner.invoke(main, ["stats", "--data", data, "--json"]).output)
+    assert stats["encoder_backend"] == "onnx-int8" and stats["passages"] == 3
+    assert "all-MiniLM-L6-v2 (384 dims), onnx-int8" in runner.invoke(main, ["stats", "--data", data]).output
+
+    (notes / "more.txt").write_text("Meltwater lakes form where the ice used to be.", encoding="utf-8")
+    result = runner.invoke(main, ["ingest", str(notes), "--data", data, "--no-progress", "--encoder-backend", "torch"])
+    assert result.exit_code == 1 and "use --encoder-backend onnx-int8" in result.output
+    result = runner.invoke(main, ["ingest", str(notes), "--data", data, "--no-progress"])  # follows the store
+    assert result.exit_code == 0 and "1 added" in result.output, result.output
