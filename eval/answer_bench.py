@@ -155,7 +155,9 @@ def open_squad(path: str | Path, data_dir: Path, progress=None) -> AnswerDataset
 
     dataset = load_squad(path)
     encoder = load_encoder()
-    directory = Path(data_dir) / "eval" / f"squad-{_fingerprint(dataset.path, encoder.name)}"
+    backend = getattr(encoder, "backend", "torch")
+    key = _fingerprint(dataset.path, encoder.name if backend == "torch" else f"{encoder.name}:{backend}")
+    directory = Path(data_dir) / "eval" / f"squad-{key}"
     library = open_library(directory, encoder=encoder)
     stored = library.store.documents(SQUAD_COLLECTION)
     if len(stored) != len(dataset.documents):
