@@ -128,7 +128,7 @@ class AnswerBench:
 
 def ensure_corpus(library, docs_root: Path = DOCS_ROOT, pages: list[str] = PAGES, progress=None) -> int:
     """Ingest the Python docs pages once (collection python-docs); later runs reuse the store."""
-    if library.store.documents(COLLECTION):
+    if library.documents(COLLECTION):
         return 0
     if not docs_root.is_dir():
         raise RagError(f"the Python documentation is not at {docs_root}: install python3-doc (Debian) "
@@ -177,8 +177,8 @@ def run(data_dir: Path, questions_path: str | Path = QUESTIONS, readers: tuple[s
         where = {"collection": COLLECTION}
         bench = AnswerBench(settings={
             "questions": str(questions_path), "k": k, "mode": mode, "hyde_n": hyde_n, "generator": gen.name,
-            "passages": library.store.passage_count(), "passage_tokens": PASSAGE_TOKENS,
-            "documents": len(library.store.documents(COLLECTION))})
+            "passages": library.passage_count(), "passage_tokens": PASSAGE_TOKENS,
+            "documents": len(library.documents(COLLECTION))})
         ask(library, questions[0].question, k=1, mode=mode, generator=gen, where=where)  # warm-up, not timed
         for reader in readers:
             for hyde in hyde_options:

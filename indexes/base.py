@@ -44,6 +44,8 @@ class VectorIndex(Protocol):
 
     def remove(self, ids: np.ndarray) -> None: ...
 
+    def ids(self) -> np.ndarray: ...
+
     def save(self, directory: str) -> None: ...
 
     def __len__(self) -> int: ...
@@ -285,6 +287,10 @@ class SlotTable:
             self._sorted_ids, self._sorted_slots = self._sorted_ids[keep], self._sorted_slots[keep]
         return len(slots)
 
+    def live_ids(self) -> np.ndarray:
+        """Live ids, ascending (a copy)."""
+        return self._sorted_ids.copy()
+
     def live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.ids[: self.size] >= 0)
 
@@ -470,6 +476,11 @@ class BaseIndex:
         with self.lock.writing():
             self._remove(id_array)
 
+    def ids(self) -> np.ndarray:
+        """The live ids, ascending: what the index holds, so its owner can compare it with the store."""
+        with self.lock.reading():
+            return np.sort(np.asarray(self._ids(), dtype=np.int64))
+
     def manifest(self) -> dict:
         return {"backend": self.name, "params": self.params, "dim": self.dim, "metric": self.metric,
                 "count": len(self), "format_version": FORMAT_VERSION}
@@ -508,6 +519,9 @@ class BaseIndex:
     def _remove(self, ids: np.ndarray) -> None:
         raise NotImplementedError
 
+    def _ids(self) -> np.ndarray:
+        raise NotImplementedError
+
     def _save_files(self, directory: Path) -> None:
         raise NotImplementedError
 
@@ -531,6 +545,9 @@ class TombstoneIndex(BaseIndex):
         self.slots.remove(ids)
         if self.slots.needs_compaction():
             self._rebuild()
+
+    def _ids(self) -> np.ndarray:
+        return self.slots.live_ids()
 
     def __len__(self) -> int:
         return self.slots.live

@@ -44,6 +44,9 @@ class FlatIndex(BaseIndex):
     def _remove(self, ids: np.ndarray) -> None:
         self.index.remove_ids(ids)
 
+    def _ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map)
+
     def __len__(self) -> int:
         return int(self.index.ntotal)
 

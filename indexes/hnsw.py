@@ -123,6 +123,10 @@ class HnswIndex(BaseIndex):
                 break
         return labels, distances
 
+    def _ids(self) -> np.ndarray:
+        labels = np.asarray(self.index.get_ids_list(), dtype=np.int64)
+        return labels[~np.isin(labels, np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted)))]
+
     def __len__(self) -> int:
         return self.index.get_current_count() - len(self.deleted)
 

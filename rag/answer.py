@@ -20,7 +20,7 @@ def relevance(library, question: str, hits: list[Hit]) -> list[float]:
     """Cosine similarity of the question to each hit, from the stored passage embeddings (any search mode)."""
     if not hits:
         return []
-    ids, vectors = library.store.embeddings(ids=[h.passage.id for h in hits], dim=library.dim)
+    ids, vectors = library.embeddings(ids=[h.passage.id for h in hits])
     query = library.encoder.encode([question])[0]
     by_id = dict(zip(ids.tolist(), (vectors @ query).tolist()))
     return [float(by_id.get(h.passage.id, 0.0)) for h in hits]
@@ -54,7 +54,7 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise RagError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
     read = get_reader(reader)
-    if library.store.passage_count() == 0:
+    if library.passage_count() == 0:
         raise RagError(f"no documents in {library.data_dir}: add some with `rag ingest PATH` first")
     generator = resolve_generator(generator, library)
     timings = {"retrieve": 0.0, "hyde": 0.0, "generate": 0.0, "total": 0.0}

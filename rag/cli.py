@@ -20,12 +20,13 @@ def main() -> None:
 model_option = click.option("--model", default=None, help="sentence-transformers model directory (default all-MiniLM-L6-v2).")
 
 
-def _library(data, model=None, backend=None):
+def _library(data, model=None, backend=None, create=False):
+    """The data directory's library; only ``ingest`` (and ``serve``) may create a store."""
     from rag.errors import RagError
     from rag.library import open_library
 
     try:
-        return open_library(data, model=model, backend=backend)
+        return open_library(data, model=model, backend=backend, create=create)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -74,7 +75,7 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
     from rag.ingest import ingest_paths
     from rag.loaders import LoadOptions
 
-    library = _library(data, model, backend)
+    library = _library(data, model, backend, create=True)
     options = LoadOptions(text_field=text_field, id_field=id_field, title_field=title_field,
                           text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else [])
     try:
@@ -193,8 +194,8 @@ def docs(collection, as_json, data):
 
     library = _library(data)
     try:
-        documents = library.store.documents(collection)
-        counts = library.store.passage_counts()
+        documents = library.documents(collection)
+        counts = library.passage_counts()
     finally:
         library.close()
     if as_json:
@@ -360,3 +361,7 @@ def _register_eval() -> None:
 
 
 _register_eval()
+
+
+if __name__ == "__main__":
+    main()

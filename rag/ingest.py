@@ -188,7 +188,6 @@ class _Ingester:
         self.encode_batch = max(1, int(encode_batch))
         # the first encode starts early so parsing the next files overlaps it; later batches grow to full size
         self.threshold = min(FIRST_BATCH, self.encode_batch)
-        self.store = library.store
         self.encoder = library.encoder
         self.collection = collection
         self.report = report
@@ -222,7 +221,7 @@ class _Ingester:
                               vectors=np.zeros((0, self.encoder.dim), dtype=np.float32), collection=self.collection,
                               size=len(doc.text.encode("utf-8")) if len(source.docs) > 1 else source.size or len(doc.text),
                               mtime=doc.mtime if doc.mtime is not None else source.mtime, metadata=dict(doc.metadata))
-            if not self.store.has_content(digest, self.collection, exclude_source=source.key):
+            if not self.library.has_content(digest, self.collection, exclude_source=source.key):
                 prefix, prefix_tokens = self._title_prefix(doc.title)
                 budget = min(self.chunk_tokens, self.window - prefix_tokens)
                 new.spans = Chunker(self.tokenizer, budget, min(self.overlap, budget // 2)).chunk(doc.text)
@@ -254,8 +253,7 @@ class _Ingester:
             for doc in item.docs:
                 doc.vectors = vectors[at: at + len(doc.spans)]
                 at += len(doc.spans)
-            result = self.store.write_source(item.source.key, item.source.hash, item.docs)
-            self.library.apply(result)
+            result = self.library.write_source(item.source.key, item.source.hash, item.docs)
             if result.replaced:
                 self.report.updated += 1
             else:
@@ -337,7 +335,7 @@ def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, 
     def prepare(item):
         if isinstance(item, tuple):
             return item  # a failure: (path, reason)
-        if library.store.source_state(item.key) == (item.hash, collection):
+        if library.source_state(item.key) == (item.hash, collection):
             return None  # unchanged
         return ingester.prepare(item)
 
@@ -400,7 +398,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
             except LoadError as exc:
                 yield (str(path), str(exc))
                 continue
-            if library.store.source_state(source.key) == (source.hash, collection):
+            if library.source_state(source.key) == (source.hash, collection):
                 yield source  # unchanged: skipped before any parsing
                 continue
             yield from _parse(str(path), data, source, options)
@@ -436,7 +434,7 @@ def prune_missing(library, roots: list[str]) -> int:
     """Remove stored files under ``roots`` that no longer exist; returns how many sources went."""
     prefixes = [os.path.abspath(Path(r).expanduser()) for r in roots]
     gone = 0
-    for source in library.store.sources():
+    for source in library.sources():
         if not source.startswith("/") or Path(source).exists():
             continue
         if any(source == p or source.startswith(p.rstrip("/") + "/") for p in prefixes):

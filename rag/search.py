@@ -44,11 +44,11 @@ def _query_vector(library, query: str, query_vector) -> np.ndarray:
 def dense_ranking(library, query: str, n: int, where: dict | None = None, query_vector=None
                   ) -> list[tuple[int, float]]:
     """Top n (passage id, cosine similarity) by the query's embedding."""
-    if library.store.passage_count() == 0:
+    if library.passage_count() == 0:
         return []
     vector = _query_vector(library, query, query_vector)
     if where:
-        candidates = library.store.candidate_ids(where)
+        candidates = library.candidate_ids(where)
         if len(candidates) == 0:
             return []
         if len(candidates) <= EXACT_LIMIT:
@@ -73,7 +73,7 @@ def _index_search(library, vector: np.ndarray, n: int) -> list[tuple[int, float]
 
 
 def _exact(library, vector: np.ndarray, candidates: np.ndarray, n: int) -> list[tuple[int, float]]:
-    ids, vectors = library.store.embeddings(ids=candidates, dim=library.dim)
+    ids, vectors = library.embeddings(ids=candidates)
     if not len(ids):
         return []
     scores = vectors @ (vector / (np.linalg.norm(vector) or 1.0))
@@ -83,7 +83,7 @@ def _exact(library, vector: np.ndarray, candidates: np.ndarray, n: int) -> list[
 
 def keyword_ranking(library, query: str, n: int, where: dict | None = None) -> list[tuple[int, float]]:
     """Top n (passage id, BM25 score) over title + passage text."""
-    return library.store.keyword_search(query, n, where)
+    return library.keyword_search(query, n, where)
 
 
 def search(library, query: str, k: int = 10, mode: str = "dense", where: dict[str, str] | None = None,
@@ -110,9 +110,8 @@ def search(library, query: str, k: int = 10, mode: str = "dense", where: dict[st
 
 def hits_for(library, ranked: list[tuple[int, float]], k: int) -> list[Hit]:
     """Hits with their passage and document; ids the store no longer has are dropped."""
-    store = library.store
-    passages = store.passages([i for i, _ in ranked[: k * 2 + 10]])
-    documents = store.documents_by_id({p.document_id for p in passages.values()})
+    passages = library.passages([i for i, _ in ranked[: k * 2 + 10]])
+    documents = library.documents_by_id({p.document_id for p in passages.values()})
     hits = []
     for pid, score in ranked:
         passage = passages.get(pid)

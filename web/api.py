@@ -302,7 +302,7 @@ def api_ask():
 
 def _document(doc_id: int):
     try:
-        return resources().library.store.document(doc_id)
+        return resources().library.document(doc_id)
     except RagError as exc:
         raise ApiError(404, str(exc)) from exc
 
@@ -317,7 +317,7 @@ def list_documents():
     if not 1 <= limit <= MAX_LIST or offset < 0:
         raise ApiError(400, f"'limit' must be from 1 to {MAX_LIST} and 'offset' at least 0")
     collection = request.args.get("collection") or None
-    docs = resources().library.store.documents(collection=collection)
+    docs = resources().library.documents(collection=collection)
     page = docs[offset:offset + limit]
     return {"total": len(docs), "offset": offset,
             "documents": [dict(d.to_json(), collection=d.collection, size=d.size, ingested_at=d.ingested_at)
@@ -326,13 +326,13 @@ def list_documents():
 
 @bp.get("/api/documents/<int:doc_id>")
 def get_document(doc_id: int):
-    store = resources().library.store
+    library = resources().library
     doc = _document(doc_id)
-    passages = store.passages_of(doc_id)
+    passages = library.passages_of(doc_id)
     return {
         "document": dict(doc.to_json(), collection=doc.collection, size=doc.size, mtime=doc.mtime,
                          metadata=doc.metadata, ingested_at=doc.ingested_at),
-        "text": store.document_text(doc_id),
+        "text": library.document_text(doc_id),
         "passages": [{"id": p.id, "order": p.order, "start": p.start, "end": p.end} for p in passages],
     }
 
@@ -374,12 +374,12 @@ def _ingest_upload(storage, collection: str) -> dict:
         return dict(result, status="failed", reason=reasons)
     status = "added" if report.added else "updated" if report.updated else "skipped"
     try:
-        doc = resources().library.store.find_document(str(target))
+        doc = resources().library.find_document(str(target))
     except RagError:
         doc = None
     if doc is not None:
         result["document"] = doc.to_json()
-        result["passages"] = len(resources().library.store.passages_of(doc.id))
+        result["passages"] = len(resources().library.passages_of(doc.id))
     if status == "skipped":
         result["reason"] = "unchanged: already in the library"
     return dict(result, status=status)
@@ -394,10 +394,7 @@ def upload_documents():
     collection = _collection_name(request.form.get("collection"))
     res = resources()
     with res.write_lock:
-        try:
-            results = [_ingest_upload(f, collection) for f in files]
-        finally:
-            res.wrote()
+        results = [_ingest_upload(f, collection) for f in files]
     counts = {s: sum(r["status"] == s for r in results) for s in ("added", "updated", "skipped", "failed")}
     body = dict(counts, files=results)
     if counts["failed"] == len(results):
@@ -412,10 +409,7 @@ def delete_document(doc_id: int):
     res = resources()
     with res.write_lock:
         doc = _document(doc_id)
-        try:
-            res.library.remove_document(doc_id)
-        finally:
-            res.wrote()
+        res.library.remove_document(doc_id)
         uploaded = Path(doc.path)
         folder = upload_dir().resolve()
         if uploaded.parent.resolve() == folder and uploaded.is_file():

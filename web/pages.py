@@ -21,11 +21,11 @@ def index():
 @bp.get("/documents/<int:doc_id>")
 def document(doc_id: int):
     """The whole document; ?passage=ID highlights that passage by its character offsets."""
-    store = current_app.extensions["rag"].library.store
+    library = current_app.extensions["rag"].library
     try:
-        doc = store.document(doc_id)
-        text = store.document_text(doc_id)
-        passages = store.passages_of(doc_id)
+        doc = library.document(doc_id)
+        text = library.document_text(doc_id)
+        passages = library.passages_of(doc_id)
     except RagError:
         abort(404)
     passage = None
