@@ -4,16 +4,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from indexes import available_backends
 from rag.cli import main
 from rag.errors import RagError
-from rag.ingest import ingest_paths
+from rag.ingest import ingest_documents, ingest_paths
 from rag.library import open_library
+from rag.records import SourceDocument
 from rag.search import search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,3 +108,75 @@ def test_library_refuses_a_missing_store_unless_creating(tmp_path):
         assert library.documents() == []
     with open_library(tmp_path / "new", create=False) as library:
         assert library.stats()["documents"] == 0
+
+
+WORDS = ("river lake glacier volcano desert forest reef canyon island meadow harbour bridge tower castle "
+         "library market garden orchard vineyard mill quarry mine railway canal").split()
+
+
+def note(rng, n: int, round_: int) -> SourceDocument:
+    words = " ".join(rng.choice(WORDS, 12))
+    return SourceDocument(uri=f"note-{n}", title=f"Note {n}",
+                          text=f"Note {n}, version {round_}: {words}. Written on day {round_ * 7 + n}.")
+
+
+def dense_vs_exact(library) -> tuple[list[float], float]:
+    """recall@10 of dense search against exact search over the stored embeddings, one per stored
+    passage asked with its own embedding; and a fresh build's mean on the same probes."""
+    ids, vectors = library.embeddings()
+    k = min(10, len(ids))
+    truth = ids[np.argsort(-(vectors @ vectors.T), axis=1)[:, :k]]
+    found = [[h.passage.id for h in search(library, "probe", k=k, mode="dense", query_vector=v)] for v in vectors]
+    fresh = library.build_index(library.backend).search(vectors, k)[0]
+    per_probe = [len(set(f) & set(t)) / k for f, t in zip(found, truth)]
+    return per_probe, float(np.mean([len(set(f) & set(t)) / k for f, t in zip(fresh, truth)]))
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_churn_keeps_dense_search_as_good_as_a_rebuild(backend, tmp_path, encoder):
+    """Rounds of replacing, deleting and adding documents, through this library and through a second
+    one (another process) while searches run: dense search stays as good as a fresh index."""
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data"
+    library = open_library(data, backend=backend, encoder=encoder)
+    other = open_library(data, encoder=encoder)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def searching() -> None:
+        while not stop.is_set():
+            try:
+                search(library, "river bridge", k=5, mode="dense")
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+                return
+
+    try:
+        ingest_documents(library, [note(rng, n, 0) for n in range(60)])
+        reader = threading.Thread(target=searching, daemon=True)
+        reader.start()
+        alive = set(range(60))
+        for round_ in range(1, 16):
+            writer = library if round_ % 3 else other
+            changed = rng.choice(sorted(alive), 8, replace=False).tolist()
+            ingest_documents(writer, [note(rng, n, round_) for n in changed])
+            for n in rng.choice(sorted(alive), 3, replace=False).tolist():
+                writer.remove_document(f"note-{n}")
+                alive.discard(n)
+            added = range(100 + 4 * round_, 104 + 4 * round_)
+            ingest_documents(writer, [note(rng, n, round_) for n in added])
+            alive.update(added)
+        stop.set()
+        reader.join(timeout=60)
+        assert errors == []
+        assert np.array_equal(library.index.ids(), library.passage_ids())
+        per_probe, fresh = dense_vs_exact(library)
+        print(f"{backend}: recall@10 after churn {np.mean(per_probe):.4f} (min {min(per_probe):.1f}), "
+              f"fresh build {fresh:.4f}")
+        assert np.mean(per_probe) >= fresh - 0.01 and min(per_probe) > 0
+    finally:
+        stop.set()
+        library.close()
+        other.close()
+    with open_library(data, encoder=encoder) as reopened:  # what was saved holds exactly the store
+        assert np.array_equal(reopened.index.ids(), reopened.passage_ids())
