@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import numpy as np
 
+from rag.contract import ASK_K
 from rag.errors import RagError
 from rag.records import Answer, Citation, Hit
 
@@ -13,7 +13,6 @@ NOT_FOUND = "The documents do not contain the answer."
 # Cosine similarity (default encoder) between the question and its best passage below which the
 # question is taken to be off-topic for this store: unrelated text scores about 0 to 0.2 here.
 MIN_RELEVANCE = 0.25
-MAX_K = 50
 
 
 def relevance(library, question: str, hits: list[Hit]) -> list[float]:
@@ -51,8 +50,7 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
     if not isinstance(question, str) or not question.strip():
         raise RagError("the question is empty")
     question = " ".join(question.split())
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise RagError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+    k = ASK_K.check(k)
     read = get_reader(reader)
     if library.passage_count() == 0:
         raise RagError(f"no documents in {library.data_dir}: add some with `rag ingest PATH` first")

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 from rag.errors import RagError
 from rag.generators import cut_at_stop, pick_tokens, stream_until_stop
+from rag.stopwords import STOP_WORDS
 from rag.records import Hit
 
 INSTRUCTION = ("Answer the question using only the numbered passages. "
@@ -80,8 +81,7 @@ def parse_answer(raw: str, n_passages: int) -> Reading:
 
 
 WORD = re.compile(r"\w+")
-STOPWORDS = set("""a an and are as at be by can do does for from has have how i in is it its of on or
-that the their there these this to was were what when where which who why will with you your""".split())
+STOPWORDS = STOP_WORDS
 
 
 def content_words(text: str) -> set[str]:

@@ -10,17 +10,17 @@ import math
 
 import numpy as np
 
+from rag.contract import MODES, SEARCH_K, check_mode
 from rag.errors import RagError
 from rag.records import Hit
 
-MODES = ("dense", "keyword", "hybrid")
+__all__ = ["MODES", "search", "fuse", "dense_ranking", "keyword_ranking", "hits_for"]
 # Reciprocal rank fusion constant (Cormack et al. 2009): score = sum over rankings of 1 / (RRF_K + rank).
 # 60 is the paper's value; it damps the difference between the very first ranks so that one list
 # cannot dominate, and it is what the SciFact figures in the datasets README were measured with.
 RRF_K = 60
 EXACT_LIMIT = 10_000  # a filtered candidate set up to this size is scored exactly from stored embeddings
 HYBRID_DEPTH = 100  # how deep each ranking goes before fusion
-MAX_K = 1000
 
 
 def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
@@ -91,11 +91,8 @@ def search(library, query: str, k: int = 10, mode: str = "dense", where: dict[st
     """The k best passages for ``query``; ``query_vector`` replaces the encoded query on the dense side."""
     if not isinstance(query, str) or not query.strip():
         raise RagError("the query is empty")
-    if mode not in MODES:
-        raise RagError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise RagError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
-    k = int(k)
+    mode = check_mode(mode)
+    k = SEARCH_K.check(k)
     if mode == "dense":
         ranked = dense_ranking(library, query, k, where, query_vector)
     elif mode == "keyword":
@@ -121,8 +118,3 @@ def hits_for(library, ranked: list[tuple[int, float]], k: int) -> list[Hit]:
         if len(hits) == k:
             break
     return hits
-
-
-def results_json(query: str, mode: str, hits: list[Hit]) -> dict:
-    """The --json shape other commands and tests rely on."""
-    return {"query": query, "mode": mode, "results": [h.to_json() for h in hits]}

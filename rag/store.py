@@ -20,18 +20,13 @@ from typing import Any, Iterator
 import numpy as np
 import sqlite_utils
 
+from rag.contract import as_document_id
 from rag.errors import RagError
 from rag.records import Document, Passage
+from rag.stopwords import STOP_WORDS
 
 DB_NAME = "rag.db"
 BUSY_TIMEOUT = 60.0  # seconds a write waits for another process's transaction
-
-# Words too common to help BM25 pick passages; dropped from keyword queries unless nothing else is left.
-STOP_WORDS = frozenset(
-    "a an and are as at be but by for from had has have he her his i if in into is it its me my no not "
-    "of on or our she so such than that the their then there these they this those to was we were what "
-    "when where which while who whom why will with would you your does do did can could should how".split()
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -248,8 +243,9 @@ class Store:
         """A document by id (an int or all-digit string) or by its exact path."""
         with self.lock:
             row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE path = ?", (str(key),)).fetchone()
-            if row is None and str(key).isdigit():
-                row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?", (int(key),)).fetchone()
+            if row is None and as_document_id(key) is not None:
+                row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?",
+                                        (as_document_id(key),)).fetchone()
         if row is None:
             raise RagError(f"no document with path or id {key!r}")
         return _document(row)
@@ -485,8 +481,9 @@ class Store:
         with self.lock:
             doc_ids = [] if isinstance(key, int) else [r[0] for r in self.conn.execute(
                 "SELECT id FROM documents WHERE source = ? OR path = ?", (str(key), str(key)))]
-            if not doc_ids and str(key).isdigit():
-                doc_ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE id = ?", (int(key),))]
+            if not doc_ids and as_document_id(key) is not None:
+                doc_ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE id = ?",
+                                                           (as_document_id(key),))]
             if not doc_ids:
                 raise RagError(f"no document with path or id {key!r}")
             self.conn.execute("BEGIN IMMEDIATE")

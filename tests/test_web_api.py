@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_openapi_describes_every_api_route(client):
     served = set()
     for rule in client.application.url_map.iter_rules():
         if rule.rule.startswith("/api/") or rule.rule == "/healthz":
-            path = rule.rule.replace("<int:doc_id>", "{id}")
+            path = re.sub(r"<(?:\w+:)?\w+>", "{id}", rule.rule)
             served |= {(path, m.lower()) for m in rule.methods if m not in ("HEAD", "OPTIONS")}
     assert served == described
     assert spec["components"]["schemas"]["AskRequest"]["properties"]["mode"]["enum"] == ["dense", "keyword", "hybrid"]

@@ -10,26 +10,29 @@ bp = Blueprint("pages", __name__)
 
 @bp.get("/")
 def index():
-    from web.api import DEFAULT_MODE, MAX_K, modes, readers, stats_json
+    from rag.contract import DEFAULT_MODE, MODES, SEARCH_K, readers
+    from web.api import stats_json
 
     return render_template(
-        "index.html", stats=stats_json(), modes=modes(), readers=readers(), default_mode=DEFAULT_MODE,
-        max_k=MAX_K, q=request.args.get("q", ""), auth_required=bool(current_app.config["API_TOKEN"]),
+        "index.html", stats=stats_json(), modes=MODES, readers=readers(), default_mode=DEFAULT_MODE,
+        max_k=SEARCH_K.most, q=request.args.get("q", ""), auth_required=bool(current_app.config["API_TOKEN"]),
     )
 
 
-@bp.get("/documents/<int:doc_id>")
-def document(doc_id: int):
+@bp.get("/documents/<doc_id>")
+def document(doc_id: str):
     """The whole document; ?passage=ID highlights that passage by its character offsets."""
+    from rag.contract import parse_document_id
+
     library = current_app.extensions["rag"].library
     try:
-        doc = library.document(doc_id)
-        text = library.document_text(doc_id)
-        passages = library.passages_of(doc_id)
+        doc = library.document(parse_document_id(doc_id))
+        text = library.document_text(doc.id)
+        passages = library.passages_of(doc.id)
     except RagError:
         abort(404)
     passage = None
-    wanted = request.args.get("passage", type=int)
+    wanted = request.args.get("passage", type=int)  # compared with this page's ids only
     if wanted is not None:
         passage = next((p for p in passages if p.id == wanted), None)
     if passage is None:
