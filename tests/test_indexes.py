@@ -9,7 +9,7 @@ import pytest
 
 from eval.corpora import real_passages
 from indexes import available_backends, create_index, load_index
-from indexes.base import IndexFileError
+from indexes.storage import IndexFileError
 
 BACKENDS = available_backends()
 # recall@10 against exact search with default parameters (issue: hnsw >= 0.95, others >= 0.85)
@@ -374,3 +374,29 @@ def test_recall_survives_churn(name, corpus):
     assert np.mean(per_probe) >= fresh_recall - 0.01
     assert np.mean(per_probe) >= RECALL_FLOOR.get(name, 0.85)
     assert min(per_probe) > 0
+
+
+SEARCH_PARAMS = {"flat": {}, "hnsw": {"ef_search": 128}, "ivfpq": {"nprobe": 8, "rerank": 50},
+                 "pq": {"rerank": 50}, "lsh": {"probes": 32}, "kdtree": {"rerank": 100, "eps": 0.1}}
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_tuning_and_memory_are_part_of_the_interface(name, corpus, tmp_path):
+    """set_search_params / memory_bytes / raw_search on every backend: what the ANN benchmark uses."""
+    index = build(name, corpus)
+    assert set(SEARCH_PARAMS[name]) == set(index.search_param_names)
+    index.set_search_params(**SEARCH_PARAMS[name])
+    assert {k: index.params[k] for k in SEARCH_PARAMS[name]} == SEARCH_PARAMS[name]
+    ids, _ = index.search(corpus["queries"], 10)
+    assert recall(ids, corpus["truth"]) >= 0.8
+    with pytest.raises(ValueError, match="no search parameter"):
+        index.set_search_params(bogus=1)
+    if index.search_param_names:
+        with pytest.raises(ValueError, match=index.search_param_names[0]):
+            index.set_search_params(**{index.search_param_names[0]: -1})
+    assert 0 < index.memory_bytes() < 10 * N_BASE * 4 * 384
+    index.save(tmp_path / "tuned")
+    assert {k: load_index(tmp_path / "tuned").params[k] for k in SEARCH_PARAMS[name]} == SEARCH_PARAMS[name]
+    raw = index.raw_search(corpus["queries"], 10)  # the library's own call, timed by eval/ann.py
+    if raw is not None:
+        raw()
