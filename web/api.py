@@ -6,6 +6,7 @@ what `rag search --json` prints, /api/ask what `rag ask --json` prints. Every er
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -240,41 +241,65 @@ def get_document(doc_id: str):
     }
 
 
-def upload_dir() -> Path:
-    path = Path(resources().data_dir) / UPLOAD_DIRNAME
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def upload_root() -> Path:
+    return Path(resources().data_dir) / UPLOAD_DIRNAME
+
+
+def upload_name(original: str) -> str:
+    """A safe file name for an upload. When making it safe changed the name ('my notes.txt' ->
+    'my_notes.txt'), a short hash of the original is added, so two names that flatten alike
+    ('my notes.txt', 'my_notes.txt') never replace each other; the same name maps to the same file."""
+    base = os.path.basename(original.replace("\\", "/"))
+    name = secure_filename(base)
+    if name and name != base:
+        stem, suffix = os.path.splitext(name)
+        name = f"{stem}-{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}{suffix}"
+    return name
 
 
 def _collection_name(value: str | None) -> str:
     name = (value or "default").strip() or "default"
-    if len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name):
+    if len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name) or not name.strip("."):
         raise ApiError(400, f"bad 'collection' {name!r}: use letters, digits, '-', '_' or '.'")
     return name
 
 
 def _ingest_upload(storage, collection: str) -> dict:
-    """Save one uploaded file under a safe name in the upload folder and ingest it like the CLI does."""
+    """Save one uploaded file under a safe name in <data>/uploads/<collection>/ and ingest it like
+    the CLI does. A file that fails leaves nothing behind (a replaced file comes back)."""
     from rag.ingest import ingest_paths
 
     original = storage.filename or ""
-    name = secure_filename(os.path.basename(original.replace("\\", "/")))
+    name = upload_name(original)
     result: dict[str, Any] = {"file": original, "saved_as": name}
     if not name:
         return dict(result, status="failed", reason="the file name is empty or unusable")
-    folder = upload_dir()
+    folder = upload_root() / collection
+    folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
     partial = folder / f".{uuid.uuid4().hex}.part"
+    previous = folder / f".{uuid.uuid4().hex}.previous"
     try:
         storage.save(str(partial))
+        if target.exists():
+            os.replace(target, previous)
         os.replace(partial, target)
     except OSError as exc:
         partial.unlink(missing_ok=True)
+        if previous.exists():
+            os.replace(previous, target)
         return dict(result, status="failed", reason=f"cannot save the upload: {exc.strerror or exc}")
-    report = ingest_paths(resources().library, [str(target)], collection=collection)
+    try:
+        report = ingest_paths(resources().library, [str(target)], collection=collection,
+                              max_passages=current_app.config["MAX_UPLOAD_PASSAGES"])
+    except BaseException:
+        _restore(target, previous)
+        raise
     if report.failed:
+        _restore(target, previous)
         reasons = "; ".join(reason for _, reason in report.failures) or "ingestion failed"
         return dict(result, status="failed", reason=reasons)
+    previous.unlink(missing_ok=True)
     status = "added" if report.added else "updated" if report.updated else "skipped"
     try:
         doc = resources().library.find_document(str(target))
@@ -288,12 +313,24 @@ def _ingest_upload(storage, collection: str) -> dict:
     return dict(result, status=status)
 
 
+def _restore(target: Path, previous: Path) -> None:
+    """Undo a failed upload on disk: the file that was there before, or nothing."""
+    if previous.exists():
+        os.replace(previous, target)
+    else:
+        target.unlink(missing_ok=True)
+
+
 @bp.post("/api/documents")
 @write_endpoint
 def upload_documents():
     files = request.files.getlist("file")
     if not files:
         raise ApiError(400, "no file in the multipart field 'file'")
+    most = current_app.config["MAX_UPLOAD_FILES"]
+    if len(files) > most:
+        raise ApiError(413, f"too many files: {len(files)} in one request (the limit is {most} files per "
+                            "request; send them in several)")
     collection = _collection_name(request.form.get("collection"))
     res = resources()
     with res.write_lock:
@@ -314,7 +351,6 @@ def delete_document(doc_id: str):
         doc = _document(doc_id)
         res.library.remove_document(doc.id)
         uploaded = Path(doc.path)
-        folder = upload_dir().resolve()
-        if uploaded.parent.resolve() == folder and uploaded.is_file():
+        if uploaded.is_file() and uploaded.resolve().is_relative_to(upload_root().resolve()):
             uploaded.unlink()  # so the file is not ingested again from the upload folder
     return {"deleted": doc.to_json()}

@@ -12,9 +12,16 @@ bp = Blueprint("pages", __name__)
 def index():
     from rag.contract import DEFAULT_MODE, MODES, SEARCH_K, readers
     from web.api import stats_json
+    from web.server import is_loopback
 
+    if is_loopback(current_app.config["BIND_HOST"]):
+        stats = stats_json()
+    else:  # the page is public beyond loopback; the library's figures come with the token (app.js)
+        stats = {"documents": "–", "passages": "–", "backend": "", "encoder": "", "message":
+                 "Enter the API token below to search this library.",
+                 "generator": {"state": "lazy", "message": ""}}
     return render_template(
-        "index.html", stats=stats_json(), modes=MODES, readers=readers(), default_mode=DEFAULT_MODE,
+        "index.html", stats=stats, modes=MODES, readers=readers(), default_mode=DEFAULT_MODE,
         max_k=SEARCH_K.most, q=request.args.get("q", ""), auth_required=bool(current_app.config["API_TOKEN"]),
     )
 
