@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from indexes import create_index
-from indexes.base import normalize_rows
+from indexes.checks import normalize_rows
 
 DEFAULT_N = 100_000
 N_QUERIES = 1_000
@@ -175,78 +175,32 @@ def best_qps(searches: list[Callable[[], object]], n_queries: int, repeats: int 
 @dataclass
 class Sweep:
     backend: str
-    params: dict  # given to create_index
-    setting: str  # how the swept parameter is printed
+    search: dict  # given to index.set_search_params
     default: bool
-    apply: Callable[[object], None] = lambda index: None  # change the swept parameter in place
-    raw: Callable[[object, np.ndarray, int], Callable[[], object]] | None = None  # raw search maker
-    raw_what: str = ""
+    raw_what: str = ""  # what the backend's raw_search runs, for the report
+
+    @property
+    def setting(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.search.items()) or "exact"
 
 
-def _raw_flat(index, queries, k):
-    return lambda: index.index.search(queries, k)
-
-
-def _raw_hnsw(index, queries, k):
-    return lambda: index.index.knn_query(queries, k=k, num_threads=1)
-
-
-def _raw_faiss_refine(index, queries, k):
-    """faiss's own re-ranking (IndexRefineFlat, full vectors in RAM) over the same trained codes."""
-    import faiss
-
-    if not index.is_trained:  # a small collection kept exact: no codes to compare with
-        return None
-    if index.rerank == 0:
-        return lambda: index.codes.search(queries, k)
-    vectors = np.ascontiguousarray(index.vectors.rows)  # labels are slots, i.e. rows here
-    refine = faiss.IndexRefineFlat(index.codes, faiss.swig_ptr(vectors))
-    refine.k_factor = max(index.rerank, k) / k
-    refine.own_fields = False  # the codes belong to our index
-
-    def search():
-        return refine.search(queries, k), vectors  # keeps the vectors alive while refine lives
-
-    return search
-
-
-def _raw_kdtree(index, queries, k):
-    """scipy's tree query on the same PCA-reduced tree, then the same exact re-rank, written
-    inline with numpy (what our wrapper does, minus validation, locking and id mapping)."""
-    if index.tree is None:
-        return None
-    want = max(k, index.rerank)
-    vectors = np.asarray(index.vectors.rows)
-
-    def search():
-        reduced = (np.hstack([queries, np.zeros((len(queries), 1), np.float32)]) if index.metric == "ip"
-                   else queries) - index.mean
-        _, candidates = index.tree.query(reduced @ index.components, k=want, eps=index.eps)
-        for start in range(0, len(queries), 64):
-            block = candidates[start : start + 64]
-            scores = np.einsum("qcd,qd->qc", vectors[block], queries[start : start + 64])
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            np.take_along_axis(block, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
-
-    return search
+RAW = {"flat": "faiss IndexFlat.search", "hnsw": "hnswlib knn_query",
+       "ivfpq": "faiss IndexIVFPQ + IndexRefineFlat", "pq": "faiss IndexPQ + IndexRefineFlat",
+       "kdtree": "scipy cKDTree.query + numpy re-rank"}
+# Each backend's search-time parameter and the values swept (the default marked by DEFAULTS).
+SWEEPS = {"flat": ("", ()), "hnsw": ("ef_search", (16, 32, 64, 128, 256)),
+          "ivfpq": ("nprobe", (8, 16, 32, 64, 128)), "pq": ("rerank", (0, 25, 50, 100, 200)),
+          "lsh": ("probes", (16, 32, 64, 128)), "kdtree": ("rerank", (50, 100, 200, 400))}
+DEFAULTS = {"hnsw": 64, "ivfpq": 32, "pq": 100, "lsh": 64, "kdtree": 200}
 
 
 def sweeps(dim: int) -> list[Sweep]:
-    out = [Sweep("flat", {}, "exact", True, raw=_raw_flat, raw_what="faiss IndexFlat.search")]
-    for ef in (16, 32, 64, 128, 256):
-        out.append(Sweep("hnsw", {}, f"ef_search={ef}", ef == 64, lambda ix, ef=ef: ix.set_ef_search(ef),
-                         _raw_hnsw, "hnswlib knn_query"))
-    for nprobe in (8, 16, 32, 64, 128):
-        out.append(Sweep("ivfpq", {}, f"nprobe={nprobe}", nprobe == 32, lambda ix, p=nprobe: ix.set_nprobe(p),
-                         _raw_faiss_refine, "faiss IndexIVFPQ + IndexRefineFlat"))
-    for rerank in (0, 25, 50, 100, 200):
-        out.append(Sweep("pq", {}, f"rerank={rerank}", rerank == 100,
-                         lambda ix, r=rerank: ix.set_rerank(r), _raw_faiss_refine, "faiss IndexPQ + IndexRefineFlat"))
-    for probes in (16, 32, 64, 128):
-        out.append(Sweep("lsh", {}, f"probes={probes}", probes == 64, lambda ix, p=probes: ix.set_probes(p)))
-    for rerank in (50, 100, 200, 400):
-        out.append(Sweep("kdtree", {}, f"rerank={rerank}", rerank == 200, lambda ix, r=rerank: ix.set_rerank(r),
-                         _raw_kdtree, "scipy cKDTree.query + numpy re-rank"))
+    out = []
+    for backend, (param, values) in SWEEPS.items():
+        if not values:
+            out.append(Sweep(backend, {}, True, RAW.get(backend, "")))
+        for value in values:
+            out.append(Sweep(backend, {param: value}, value == DEFAULTS.get(backend), RAW.get(backend, "")))
     return out
 
 
@@ -266,17 +220,17 @@ def run_benchmark(base: np.ndarray, queries: np.ndarray, source: str, backends: 
             index.add(ids, base)
             build_s = time.perf_counter() - start
             for sweep in (s for s in plan if s.backend == backend):
-                sweep.apply(index)
+                index.set_search_params(**sweep.search)
                 found, _ = index.search(queries, 10)
                 ours = lambda: index.search(queries, 10)  # noqa: E731
-                raw_search = sweep.raw(index, normalize_rows(queries), 10) if sweep.raw else None
+                raw_search = index.raw_search(normalize_rows(queries), 10)
                 if raw_search is not None:
                     qps, raw_qps = best_qps([ours, raw_search], len(queries))
                 else:
                     (qps,), raw_qps = best_qps([ours], len(queries)), None
                 run = Run(backend, sweep.setting, sweep.default, build_s, recall_at(found, truth, 1),
                           recall_at(found, truth, 10), qps, index.memory_bytes() / len(index), raw_qps,
-                          sweep.raw_what)
+                          sweep.raw_what if raw_search is not None else "")
                 report.runs.append(run)
                 progress(format_run(run))
             del index

@@ -159,7 +159,7 @@ def open_squad(path: str | Path, data_dir: Path, progress=None) -> AnswerDataset
     key = _fingerprint(dataset.path, encoder.name if backend == "torch" else f"{encoder.name}:{backend}")
     directory = Path(data_dir) / "eval" / f"squad-{key}"
     library = open_library(directory, encoder=encoder)
-    stored = library.store.documents(SQUAD_COLLECTION)
+    stored = library.documents(SQUAD_COLLECTION)
     if len(stored) != len(dataset.documents):
         if progress:
             progress(f"ingesting {len(dataset.documents):,} paragraphs of {dataset.path} into {directory} (once)")
@@ -178,7 +178,7 @@ def open_python_docs(questions_path: str | Path, data_dir: Path, docs_root: Path
 
     questions = load_questions(questions_path)
     library = open_library(Path(data_dir) / "bench" / "answer")
-    if not library.store.documents(COLLECTION):
+    if not library.documents(COLLECTION):
         if not docs_root.is_dir():
             library.close()
             raise RagError(f"the Python documentation is not at {docs_root}: install python3-doc (Debian) "
@@ -190,7 +190,7 @@ def open_python_docs(questions_path: str | Path, data_dir: Path, docs_root: Path
             progress(f"ingesting {len(paths)} Python documentation paths into collection {COLLECTION} (once)")
         ingest_paths(library, paths, collection=COLLECTION)
     return AnswerDataset(str(questions_path), questions, library, {"collection": COLLECTION},
-                         len(library.store.documents(COLLECTION)))
+                         len(library.documents(COLLECTION)))
 
 
 def open_dataset(path: str | Path | None, data_dir: Path, docs_root: Path = DOCS_ROOT, progress=None

@@ -83,11 +83,11 @@ def encoder_inputs(library, paths: set[str] | None = None) -> list[str]:
     encoder = library.encoder
     window = text_window(encoder)
     inputs = []
-    for doc in library.store.documents():
+    for doc in library.documents():
         if paths is not None and doc.path not in paths:
             continue
         prefix, _ = title_prefix(encoder.tokenizer, doc.title, window, window)
-        inputs += [encoder_input(prefix, p.text) for p in library.store.passages_of(doc.id)]
+        inputs += [encoder_input(prefix, p.text) for p in library.passages_of(doc.id)]
     return inputs
 
 
@@ -157,7 +157,7 @@ def latency_store(data_dir: Path, encoder, backend: str, passages: int = 12_000)
             doc = NewDocument(path=key, title=" ".join(group[0].split()[:8]), text=body,
                               content_hash=hashlib.sha256(body.encode()).hexdigest(), spans=spans,
                               vectors=vectors[start:start + len(group)], collection="bench")
-            library.store.write_source(key, doc.content_hash, [doc])
+            library.write_source(key, doc.content_hash, [doc])
         library.rebuild_index(backend)
         marker.write_text(json.dumps({"passages": len(texts)}))
     elif library.backend != backend:
@@ -253,7 +253,7 @@ def run(data_dir: Path, pages: int = 150, backend: str = "hnsw", queries: int = 
         library = (open_search_data(search_data, encoder, backend) if search_data
                    else latency_store(data_dir, encoder, backend, latency_passages))
         bench.latency_backend = library.backend
-        bench.latency_store_passages = library.store.passage_count()
+        bench.latency_store_passages = library.passage_count()
         bench.latency = measure_latency(library, QUERIES[:queries])
         bench.queries = min(queries, len(QUERIES))
         bench.notes.append(f"latency store: {library.data_dir} ({bench.latency_store_passages} passages, "

@@ -196,18 +196,16 @@ def format_report(report: LoadReport) -> str:
 def check_has_documents(data: str | os.PathLike | None) -> None:
     """Refuse to benchmark an empty library: every search would return nothing."""
     from rag.config import data_dir
-    from rag.store import DB_NAME, Store
+    from rag.library import open_library
 
-    path = data_dir(data) / DB_NAME
-    count = 0
-    if path.exists():
-        store = Store(path)
-        try:
-            count = len(store.documents())
-        finally:
-            store.close()
+    path = data_dir(data)
+    try:
+        with open_library(path, create=False) as library:
+            count = len(library.documents())
+    except RagError:
+        count = 0
     if not count:
-        raise RagError(f"no documents in {path.parent}: ingest some first (`rag ingest PATH`, or the demo "
+        raise RagError(f"no documents in {path}: ingest some first (`rag ingest PATH`, or the demo "
                        "corpus from the README), or pass --url of a running server")
 
 

@@ -103,7 +103,7 @@ def ann_section(store, out_dir: Path, backends: list[str] | None = None, max_que
     """The ANN benchmark (eval.ann) over the dataset's own stored passage embeddings."""
     from eval.ann import plot, run_benchmark, split_queries
 
-    _, vectors = store.library.store.embeddings()
+    _, vectors = store.library.embeddings()
     title = "Vector index backends on this dataset's passage embeddings"
     if len(vectors) < MIN_ANN_VECTORS:
         return Section(title, notes=[f"skipped: {len(vectors)} passage vectors are too few for a meaningful "

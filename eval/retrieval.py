@@ -94,15 +94,13 @@ def _source_documents(dataset: BeirDataset):
 def _passage_documents(library) -> tuple[dict[int, list[str]], int]:
     """passage id -> BEIR ids (its document and any exact duplicates stored as aliases of it),
     and how many documents have more than one passage."""
-    store = library.store
-    ids = [int(i) for batch, _ in store.iter_embeddings() for i in batch]
-    passages = store.passages(ids)
+    passages = library.passages(library.passage_ids())
     counts: dict[int, int] = {}
     for p in passages.values():
         counts[p.document_id] = counts.get(p.document_id, 0) + 1
     owners: dict[int, list[str]] = {}
-    for doc in store.documents(COLLECTION):
-        owner = doc.id if doc.id in counts else (store.duplicate_of(doc.id) or doc.id)
+    for doc in library.documents(COLLECTION):
+        owner = doc.id if doc.id in counts else (library.duplicate_of(doc.id) or doc.id)
         owners.setdefault(owner, []).append(str(doc.metadata.get("beir_id", doc.path)))
     mapping = {pid: owners.get(p.document_id, []) for pid, p in passages.items()}
     return mapping, sum(1 for n in counts.values() if n > 1)
@@ -128,7 +126,7 @@ def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: boo
     state = _read_json(marker)
     library = open_library(directory, model=model, backend="flat", encoder=encoder)
     reused = bool(state) and state.get("documents") == len(dataset.corpus) \
-        and state.get("stored", state.get("documents")) == library.store.stats()["documents"]
+        and state.get("stored", state.get("documents")) == library.stats()["documents"]
     failures: list[str] = []
     if not reused:
         marker.unlink(missing_ok=True)
@@ -138,11 +136,11 @@ def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: boo
                   file=sys.stderr)
         report = ingest_documents(library, _source_documents(dataset), collection=COLLECTION, progress=progress)
         failures = [f"{path}: {why}" for path, why in report.failures]
-        stored = library.store.stats()["documents"]
+        stored = library.stats()["documents"]
         if stored == 0:
             raise RagError(f"{dataset.path / 'corpus.jsonl'}: no document could be ingested ({'; '.join(failures[:3])})")
         _write_json(marker, {"documents": len(dataset.corpus), "stored": stored, "failures": failures,
-                             "passages": library.store.passage_count(), "ingest_seconds": round(report.seconds, 1),
+                             "passages": library.passage_count(), "ingest_seconds": round(report.seconds, 1),
                              "encoder": encoder.name, "encoder_backend": encoder.backend})
     else:
         failures = list(state.get("failures", []))
@@ -171,16 +169,14 @@ QUANTIZED = ("pq", "ivfpq")
 def backend_index(store: EvalStore, backend: str):
     """The backend's index over every stored embedding: loaded from its cache or built (and cached)."""
     from indexes import load_index
-    from rag.library import index_from_store
-
     library = store.library
     directory = store.directory / "indexes" / backend
-    passages = library.store.passage_count()
+    passages = library.passage_count()
     # Quantizing backends keep vectors exact until train_size have arrived (10,000 by default): train
     # them on the whole collection instead, so a small corpus measures real quantization, not exact search.
     params = {"train_size": passages} if backend in QUANTIZED else {}
     state = {"backend": backend, "params": params, "passages": passages,
-             "max_passage_id": library.store.max_passage_id(), "generation": library.store.generation()}
+             "generation": library.generation()}
     if _read_json(directory / "eval-state.json") == state:
         try:
             index = load_index(directory)
@@ -188,7 +184,7 @@ def backend_index(store: EvalStore, backend: str):
                 return index
         except ValueError:
             pass
-    index = index_from_store(library.store, backend, library.dim, **params)
+    index = library.build_index(backend, **params)
     shutil.rmtree(directory, ignore_errors=True)
     index.save(str(directory))
     _write_json(directory / "eval-state.json", state)

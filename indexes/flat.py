@@ -6,7 +6,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexes.base import MISSING_SCORE, BaseIndex, IndexFileError, require_file
+from indexes.base import BaseIndex
+from indexes.kernels import MISSING_SCORE
+from indexes.storage import IndexFileError, require_file
 
 INDEX_FILE = "flat.faiss"
 
@@ -43,6 +45,12 @@ class FlatIndex(BaseIndex):
 
     def _remove(self, ids: np.ndarray) -> None:
         self.index.remove_ids(ids)
+
+    def raw_search(self, queries: np.ndarray, k: int):
+        return lambda: self.index.search(queries, k)
+
+    def _ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)

@@ -12,7 +12,9 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from indexes.base import MISSING_SCORE, BaseIndex, IndexFileError, require_file
+from indexes.base import BaseIndex
+from indexes.kernels import MISSING_SCORE
+from indexes.storage import IndexFileError, require_file
 
 INDEX_FILE = "hnsw.bin"
 DELETED_FILE = "deleted.npy"
@@ -58,11 +60,17 @@ class HnswIndex(BaseIndex):
         graph.set_num_threads(1)
         return graph
 
-    def set_ef_search(self, ef_search: int) -> None:
-        """Change the query beam (recall/speed trade-off) without rebuilding."""
-        with self.lock.writing():
-            self.ef_search = self.params["ef_search"] = int(ef_search)
-            self.index.set_ef(self.ef_search)
+    search_param_names = ("ef_search",)
+
+    def _set_search_param(self, key: str, value) -> None:
+        """ef_search: the query beam (recall/speed trade-off)."""
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"hnsw parameter ef_search must be a positive integer, got {value!r}")
+        self.ef_search = self.params["ef_search"] = value
+        self.index.set_ef(value)
+
+    def raw_search(self, queries: np.ndarray, k: int):
+        return lambda: self.index.knn_query(queries, k=k, num_threads=1)
 
     def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         needed = self.index.get_current_count() + len(ids)
@@ -122,6 +130,10 @@ class HnswIndex(BaseIndex):
                 labels[row, :want], distances[row, :want] = found[0], dist[0]
                 break
         return labels, distances
+
+    def _ids(self) -> np.ndarray:
+        labels = np.asarray(self.index.get_ids_list(), dtype=np.int64)
+        return labels[~np.isin(labels, np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted)))]
 
     def __len__(self) -> int:
         return self.index.get_current_count() - len(self.deleted)

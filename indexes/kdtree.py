@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from indexes.base import (
-    IndexFileError, SlotTable, TombstoneIndex, require_file, rerank_exact,
-)
+from indexes.base import TombstoneIndex
+from indexes.kernels import rerank_exact
+from indexes.slots import SlotTable
+from indexes.storage import IndexFileError, require_file
 from indexes.vectors import SlotVectors
 
 STATE_FILE = "kdtree.npz"
@@ -53,12 +54,38 @@ class KDTreeIndex(TombstoneIndex):
         self.tree: cKDTree | None = None
         self.built_upto = 0  # the tree holds slots [0, built_upto); later ones are pending
 
-    def set_rerank(self, rerank: int) -> None:
-        """Tree candidates re-ranked exactly: the recall/speed trade-off, without rebuilding."""
-        if not isinstance(rerank, int) or rerank <= 0:
-            raise ValueError(f"kdtree parameter rerank must be a positive integer, got {rerank!r}")
-        with self.lock.writing():
-            self.rerank = self.params["rerank"] = rerank
+    search_param_names = ("rerank", "eps")
+
+    def _set_search_param(self, key: str, value) -> None:
+        """rerank: tree candidates re-ranked exactly; eps: the tree's approximation bound."""
+        if key == "rerank":
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"kdtree parameter rerank must be a positive integer, got {value!r}")
+            self.rerank = self.params["rerank"] = value
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"kdtree parameter eps must be >= 0, got {value!r}")
+            self.eps = self.params["eps"] = float(value)
+
+    def raw_search(self, queries: np.ndarray, k: int):
+        """scipy's tree query on the same PCA-reduced tree, then the same exact re-rank written inline
+        with numpy (what this wrapper does, minus validation, locking and id mapping)."""
+        if self.tree is None:
+            return None
+        want = max(k, self.rerank)
+        vectors = np.asarray(self.vectors.rows)
+
+        def search():
+            reduced = (np.hstack([queries, np.zeros((len(queries), 1), np.float32)]) if self.metric == "ip"
+                       else queries) - self.mean
+            _, candidates = self.tree.query(reduced @ self.components, k=want, eps=self.eps)
+            for start in range(0, len(queries), 64):
+                block = candidates[start : start + 64]
+                scores = np.einsum("qcd,qd->qc", vectors[block], queries[start : start + 64])
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                np.take_along_axis(block, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
+
+        return search
 
     def _fit_pca(self, live: np.ndarray) -> None:
         sample = live if len(live) <= PCA_SAMPLE else np.sort(

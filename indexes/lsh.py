@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.base import IndexFileError, SlotTable, TombstoneIndex, require_file, rerank_exact
+from indexes.base import TombstoneIndex
+from indexes.kernels import rerank_exact
+from indexes.slots import SlotTable
+from indexes.storage import IndexFileError, require_file
 from indexes.vectors import SlotVectors
 
 STATE_FILE = "lsh.npz"
@@ -66,13 +69,14 @@ class LSHIndex(TombstoneIndex):
         self.offsets: np.ndarray | None = None
         self._index_buckets()
 
-    def set_probes(self, probes: int) -> None:
-        """Buckets probed per table: the recall/speed trade-off, without rebuilding."""
-        if not isinstance(probes, int) or not 1 <= probes <= 2**FLIP_CANDIDATES:
-            raise ValueError(f"lsh parameter probes must be 1..{2**FLIP_CANDIDATES}, got {probes!r}")
-        with self.lock.writing():
-            self.probes = self.params["probes"] = probes
-            self._use_bits(self.bits)
+    search_param_names = ("probes",)
+
+    def _set_search_param(self, key: str, value) -> None:
+        """probes: buckets probed per table (recall/speed trade-off)."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**FLIP_CANDIDATES:
+            raise ValueError(f"lsh parameter probes must be 1..{2**FLIP_CANDIDATES}, got {value!r}")
+        self.probes = self.params["probes"] = value
+        self._use_bits(self.bits)
 
     # --- hashing ---
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexes.base import (
-    MISSING_SCORE, IndexFileError, SlotTable, TombstoneIndex, exact_scores, require_file, rerank_exact,
-)
+from indexes.base import TombstoneIndex
+from indexes.kernels import MISSING_SCORE, exact_scores, rerank_exact
+from indexes.slots import SlotTable
+from indexes.storage import IndexFileError, require_file
 from indexes.flat import faiss_metric, read_faiss
 from indexes.vectors import SlotVectors
 
@@ -110,12 +111,29 @@ class PQIndex(TombstoneIndex):
     def _encode(self, vectors: np.ndarray, slots: np.ndarray) -> None:
         self.codes.add(vectors)  # IndexPQ labels are positions, which equal slots
 
-    def set_rerank(self, rerank: int) -> None:
-        """Candidates re-ranked with full vectors (0: code scores only), without rebuilding."""
-        if not isinstance(rerank, int) or rerank < 0:
-            raise ValueError(f"{self.name} parameter rerank must be >= 0, got {rerank!r}")
-        with self.lock.writing():
-            self.rerank = self.params["rerank"] = rerank
+    search_param_names = ("rerank",)
+
+    def _set_search_param(self, key: str, value) -> None:
+        """rerank: candidates re-ranked with full vectors (0: code scores only)."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{self.name} parameter rerank must be >= 0, got {value!r}")
+        self.rerank = self.params["rerank"] = value
+
+    def raw_search(self, queries: np.ndarray, k: int):
+        """faiss's own re-ranking (IndexRefineFlat, full vectors in RAM) over the same trained codes."""
+        if not self.is_trained:  # a small collection kept exact: no codes to compare with
+            return None
+        if self.rerank == 0:
+            return lambda: self.codes.search(queries, k)
+        vectors = np.ascontiguousarray(self.vectors.rows)  # labels are slots, i.e. rows here
+        refine = faiss.IndexRefineFlat(self.codes, faiss.swig_ptr(vectors))
+        refine.k_factor = max(self.rerank, k) / k
+        refine.own_fields = False  # the codes belong to this index
+
+        def search():
+            return refine.search(queries, k), vectors  # keeps the vectors alive while refine lives
+
+        return search
 
     @property
     def is_trained(self) -> bool:
@@ -260,12 +278,17 @@ class IVFPQIndex(PQIndex):
     def _encode(self, vectors: np.ndarray, slots: np.ndarray) -> None:
         self.codes.add_with_ids(vectors, slots)
 
-    def set_nprobe(self, nprobe: int) -> None:
-        """Cells scanned per query: the recall/speed trade-off, changeable without rebuilding."""
-        with self.lock.writing():
-            self.nprobe = self.params["nprobe"] = int(nprobe)
-            if self.codes is not None:
-                self.codes.nprobe = self.nprobe
+    search_param_names = ("nprobe", "rerank")
+
+    def _set_search_param(self, key: str, value) -> None:
+        """nprobe: cells scanned per query; rerank as for pq."""
+        if key != "nprobe":
+            return super()._set_search_param(key, value)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"ivfpq parameter nprobe must be a positive integer, got {value!r}")
+        self.nprobe = self.params["nprobe"] = value
+        if self.codes is not None:
+            self.codes.nprobe = value
 
     def _after_load(self) -> None:
         self.codes.nprobe = self.nprobe

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from indexes.base import BaseIndex, IndexFileError, read_manifest
+from indexes.base import BaseIndex
+from indexes.storage import IndexFileError, read_manifest
 from indexes.flat import FlatIndex
 from indexes.hnsw import HnswIndex
 from indexes.kdtree import KDTreeIndex

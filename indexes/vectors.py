@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.base import IndexFileError
+from indexes.storage import IndexFileError
 
 
 def _remove_dir(path: str) -> None:

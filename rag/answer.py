@@ -6,6 +6,7 @@ from typing import Callable
 
 import numpy as np
 
+from rag.contract import ASK_K
 from rag.errors import RagError
 from rag.records import Answer, Citation, Hit
 
@@ -13,14 +14,13 @@ NOT_FOUND = "The documents do not contain the answer."
 # Cosine similarity (default encoder) between the question and its best passage below which the
 # question is taken to be off-topic for this store: unrelated text scores about 0 to 0.2 here.
 MIN_RELEVANCE = 0.25
-MAX_K = 50
 
 
 def relevance(library, query: np.ndarray, hits: list[Hit]) -> list[float]:
     """Cosine similarity of the question's vector to each hit, from the stored passage embeddings (any mode)."""
     if not hits:
         return []
-    ids, vectors = library.store.embeddings(ids=[h.passage.id for h in hits], dim=library.dim)
+    ids, vectors = library.embeddings(ids=[h.passage.id for h in hits])
     by_id = dict(zip(ids.tolist(), (vectors @ query).tolist()))
     return [float(by_id.get(h.passage.id, 0.0)) for h in hits]
 
@@ -51,11 +51,10 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
     if not isinstance(question, str) or not question.strip():
         raise RagError("the question is empty")
     question = " ".join(question.split())
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise RagError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+    k = ASK_K.check(k)
     reader = reader or DEFAULT_READER
     read = get_reader(reader)
-    if library.store.passage_count() == 0:
+    if library.passage_count() == 0:
         raise RagError(f"no documents in {library.data_dir}: add some with `rag ingest PATH` first")
     if reader in NEEDS_GENERATOR or hyde:
         generator = resolve_generator(generator, library)

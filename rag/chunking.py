@@ -149,3 +149,22 @@ def chunk(text: str, tokenizer, max_tokens: int, overlap: int = 0, page_starts: 
           ) -> list[Span]:
     """Passages of ``text`` as (start, end) character offsets, each at most ``max_tokens`` tokens."""
     return Chunker(tokenizer, max_tokens, overlap).chunk(text, page_starts)
+
+
+MAX_PASSAGE_CHARS = 4000  # a 256-token window of ordinary text is ~1,200 characters
+
+
+def cap_spans(text: str, spans: list[Span], most: int = MAX_PASSAGE_CHARS) -> list[Span]:
+    """Split any span longer than ``most`` characters: the tokenizer reads a 5 MB run without spaces
+    as one unknown token and never cuts it, but a passage must stay a passage."""
+    out: list[Span] = []
+    for start, end in spans:
+        while end - start > most:
+            cut = start + most
+            space = text.rfind(" ", start + most // 2, cut)  # prefer a word boundary in the second half
+            cut = space if space > start else cut
+            out.append((start, cut))
+            start = cut + (text[cut:cut + 1] == " ")
+        if end > start:
+            out.append((start, end))
+    return out

@@ -1,7 +1,12 @@
 """The ``rag`` command line: one click group; each command's docstring is its --help."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import click
+
+from rag.contract import ASK_K, DEFAULT_MODE, DEFAULT_READER, MODES, SEARCH_K, readers
 
 data_option = click.option(
     "--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
@@ -20,12 +25,17 @@ def main() -> None:
 model_option = click.option("--model", default=None, help="sentence-transformers model directory (default all-MiniLM-L6-v2).")
 
 
-def _library(data, model=None, backend=None, encoder_backend=None):
+@contextmanager
+def _library(data, model=None, backend=None, create=False, encoder_backend=None) -> Iterator:
+    """The data directory's library, closed afterwards; a RagError becomes a clear message and exit 1.
+    Only ``ingest`` (and ``serve``) may create a store."""
     from rag.errors import RagError
     from rag.library import open_library
 
     try:
-        return open_library(data, model=model, backend=backend, encoder_backend=encoder_backend)
+        with open_library(data, model=model, backend=backend, create=create,
+                          encoder_backend=encoder_backend) as library:
+            yield library
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -72,23 +82,17 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
     import json
     import sys
 
-    from rag.errors import RagError
     from rag.ingest import ingest_paths
     from rag.loaders import LoadOptions
 
-    library = _library(data, model, backend, encoder_backend)
     options = LoadOptions(text_field=text_field, id_field=id_field, title_field=title_field,
                           text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else [])
-    try:
+    with _library(data, model, backend, create=True, encoder_backend=encoder_backend) as library:
         report = ingest_paths(library, list(paths), collection=collection, include=include, exclude=exclude,
                               chunk_tokens=chunk_tokens, overlap=overlap, prune=prune,
                               progress=not no_progress and sys.stderr.isatty(),
                               options=options, max_bytes=int(max_size * 1024 * 1024), stdin_name=stdin_name,
                               default_excludes=not no_default_excludes, encode_batch=batch_passages)
-    except RagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        library.close()
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -105,20 +109,19 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
 
 
 def _parse_where(values) -> dict[str, str]:
-    where = {}
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{value!r}: expected FIELD=VALUE, e.g. collection=notes or path='*.md'",
-                                     param_hint="--where")
-        where[key.strip()] = val
-    return where
+    from rag.contract import RequestError, parse_where
+
+    try:
+        return parse_where(list(values), "--where")
+    except RequestError as exc:
+        raise click.BadParameter(str(exc), param_hint="--where") from exc
 
 
 @main.command()
 @click.argument("query")
-@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Number of passages.")
-@click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["dense", "keyword", "hybrid"]),
+@click.option("-k", "k", default=SEARCH_K.default, show_default=True, type=click.IntRange(1, SEARCH_K.most),
+              help="Number of passages.")
+@click.option("--mode", default=DEFAULT_MODE, show_default=True, type=click.Choice(MODES),
               help="dense: embeddings; keyword: BM25; hybrid: reciprocal rank fusion of both (k=60).")
 @click.option("--where", multiple=True, metavar="FIELD=VALUE",
               help="Filter before ranking: collection=NAME, path=GLOB, title=GLOB, id=N, or a metadata field (repeatable).")
@@ -130,22 +133,16 @@ def search(query, k, mode, where, as_json, model, data):
     import json
     import sys
 
-    from rag.errors import RagError
+    from rag.contract import search_json
     from rag.locations import location_label
-    from rag.search import results_json
     from rag.search import search as run_search
     from rag.snippets import snippet
 
     filters = _parse_where(where)
-    library = _library(data, model)
-    try:
+    with _library(data, model) as library:
         hits = run_search(library, query, k=k, mode=mode, where=filters)
-    except RagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        library.close()
     if as_json:
-        click.echo(json.dumps(results_json(query, mode, hits), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(search_json(query.strip(), mode, hits), indent=2, ensure_ascii=False))
         return
     if not hits:
         click.echo("no results")
@@ -170,11 +167,8 @@ def stats(as_json, data):
     """Documents, passages, collections, index backend, encoder and sizes."""
     import json
 
-    library = _library(data)
-    try:
+    with _library(data) as library:
         info = library.stats()
-    finally:
-        library.close()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -197,16 +191,14 @@ def docs(collection, as_json, data):
     """List stored documents: id, collection, passages, title, path."""
     import json
 
-    library = _library(data)
-    try:
-        documents = library.store.documents(collection)
-        counts = library.store.passage_counts()
-    finally:
-        library.close()
+    from rag.contract import document_json
+
+    with _library(data) as library:
+        documents = library.documents(collection)
+        counts = library.passage_counts()
     if as_json:
-        click.echo(json.dumps([{**d.to_json(), "collection": d.collection, "passages": counts.get(d.id, 0),
-                                "size": d.size, "ingested_at": d.ingested_at, "metadata": d.metadata}
-                               for d in documents], indent=2, ensure_ascii=False))
+        click.echo(json.dumps([document_json(d, counts.get(d.id, 0)) for d in documents], indent=2,
+                              ensure_ascii=False))
         return
     if not documents:
         click.echo("no documents")
@@ -224,13 +216,15 @@ def rm(keys, data):
     import os
     from pathlib import Path
 
+    from rag.contract import as_document_id
     from rag.errors import RagError
 
-    library = _library(data)
     failed = False
-    try:
+    with _library(data) as library:
         for key in keys:
-            candidates = [key] if key.isdigit() else [key, os.path.abspath(Path(key).expanduser())]
+            # an id (ASCII digits, up to 2^63 - 1), else the path as given, then as an absolute path
+            candidates = [key] if as_document_id(key) is not None else [key, os.path.abspath(Path(key).expanduser())]
+            error = None
             for candidate in candidates:
                 try:
                     removed = library.remove_document(candidate)
@@ -242,8 +236,6 @@ def rm(keys, data):
             else:
                 click.echo(f"error: {error}", err=True)
                 failed = True
-    finally:
-        library.close()
     if failed:
         raise SystemExit(1)
 
@@ -255,17 +247,10 @@ def reindex(backend, data):
     """Rebuild the vector index from the stored embeddings (no re-encoding); --index switches backend."""
     import time
 
-    from rag.errors import RagError
-
-    library = _library(data)
-    try:
+    with _library(data) as library:
         started = time.perf_counter()
         index = library.rebuild_index(backend)
         click.echo(f"{library.backend} index rebuilt: {len(index)} vectors in {time.perf_counter() - started:.1f} s")
-    except RagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        library.close()
 
 
 @main.command()
@@ -289,11 +274,12 @@ def serve(host: str, port: int, threads: int, generator: str, data: str | None) 
 
 @main.command()
 @click.argument("question")
-@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 50), help="Passages given to the reader.")
-@click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["dense", "keyword", "hybrid"]),
+@click.option("-k", "k", default=ASK_K.default, show_default=True, type=click.IntRange(1, ASK_K.most),
+              help="Passages given to the reader.")
+@click.option("--mode", default=DEFAULT_MODE, show_default=True, type=click.Choice(MODES),
               help="How passages are retrieved.")
 @click.option("--hyde", is_flag=True, help="Expand the query with hypothetical passages the generator writes (HyDE).")
-@click.option("--reader", default=None, type=click.Choice(["extract", "prompt", "fid"]),
+@click.option("--reader", default=None, type=click.Choice(readers()),
               help="extract: the best phrase of the passages, no generator; prompt: the generator copies the "
                    "answer from the best sentences; fid: fusion-in-decoder over whole passages "
                    "(default: the reader that measures best, see README).")
@@ -311,12 +297,11 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
     import sys
 
     from rag.answer import ask as run_ask
-    from rag.errors import RagError
+    from rag.contract import answer_json
     from rag.locations import location_label
     from rag.snippets import snippet
 
     filters = _parse_where(where)
-    library = _library(data, model)
     live = not as_json and sys.stdout.isatty()
     streamed: list[str] = []
 
@@ -326,7 +311,7 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
         streamed.append(piece)
         click.echo(piece, nl=False)
 
-    try:
+    with _library(data, model) as library:
         from rag.readers import DEFAULT_READER, NEEDS_GENERATOR
 
         if generator == "local" and not as_json and ((reader or DEFAULT_READER) in NEEDS_GENERATOR or hyde):
@@ -336,12 +321,8 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
                 click.echo("Converting the packaged Gemma 3 270M model once (about 2 minutes)...", err=True)
         answer = run_ask(library, question, k=k, mode=mode, hyde=hyde, reader=reader, generator=generator,
                          where=filters, on_token=show if live else None, max_new_tokens=max_tokens)
-    except RagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        library.close()
     if as_json:
-        click.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(answer_json(answer), indent=2, ensure_ascii=False))
         return
     if streamed:
         click.echo()
@@ -373,3 +354,7 @@ def _register_eval() -> None:
 
 
 _register_eval()
+
+
+if __name__ == "__main__":
+    main()

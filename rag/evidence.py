@@ -15,15 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from rag.records import Hit
+from rag.stopwords import STOP_WORDS
 
 # A sentence ends at . ! or ? (optionally closed by a quote or bracket) followed by white space and
 # an upper-case letter, digit, quote or bracket; "e.g. the" and "3.5" stay inside one sentence.
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
 WORD = re.compile(r"\w+")
-STOP_WORDS = frozenset(
-    "a an and are as at be been by can could did do does for from had has have how i if in into is it its "
-    "of on or that the their there these they this to was were what when where which who whom whose why "
-    "will with would you your".split())
 LEXICAL_WEIGHT = 0.5  # weight of the question-word share against the cosine (both 0..1)
 ENCODED_SENTENCES = 10  # sentences encoded per question: the best by word share alone (encoding is the cost)
 RANK_PENALTY = 0.02  # per retrieval rank of the sentence's passage

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from rag.chunking import Chunker
+from rag.chunking import Chunker, cap_spans
 from rag.errors import RagError
 from rag.loaders import LOADERS, LoadError, LoadOptions, load_bytes
 from rag.locations import locate
@@ -32,6 +32,7 @@ ENCODE_BATCH = 2048
 FIRST_BATCH = 256  # ... but the first one is sent early, then sizes double up to ENCODE_BATCH
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 TITLE_MAX_TOKENS = 32  # a longer title is cut to this before it is prefixed to each passage
+TITLE_MAX_CHARS = 400  # ... and to this many characters first (one huge "word" is one token)
 DEFAULT_OVERLAP = 32
 
 # Skipped while walking folders (files named on the command line are always read).
@@ -102,7 +103,7 @@ def text_window(encoder) -> int:
 def title_prefix(tokenizer, title: str, window: int, chunk_tokens: int) -> tuple[str, int]:
     """The title as prefixed to each passage (cut to TITLE_MAX_TOKENS) and its token count; none when
     it would leave the passage less than half its size."""
-    title = " ".join(title.split())
+    title = " ".join(title[:TITLE_MAX_CHARS].split())
     if not title:
         return "", 0
     offsets = tokenizer(title, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
@@ -184,12 +185,13 @@ class _Ingester:
     """Chunk sources, encode their passages in big batches, commit each source whole."""
 
     def __init__(self, library, collection: str, chunk_tokens: int | None, overlap: int | None,
-                 report: IngestReport, progress: bool, encode_batch: int = ENCODE_BATCH):
+                 report: IngestReport, progress: bool, encode_batch: int = ENCODE_BATCH,
+                 max_passages: int | None = None):
         self.library = library
+        self.max_passages = max_passages
         self.encode_batch = max(1, int(encode_batch))
         # the first encode starts early so parsing the next files overlaps it; later batches grow to full size
         self.threshold = min(FIRST_BATCH, self.encode_batch)
-        self.store = library.store
         self.encoder = library.encoder
         self.collection = collection
         self.report = report
@@ -214,8 +216,9 @@ class _Ingester:
     def _title_prefix(self, title: str) -> tuple[str, int]:
         return title_prefix(self.tokenizer, title, self.window, self.chunk_tokens)
 
-    def prepare(self, source: Source) -> _Pending:
-        """Chunk a source's documents into encoder inputs (runs ahead on the reader thread)."""
+    def prepare(self, source: Source) -> _Pending | tuple[str, str]:
+        """Chunk a source's documents into encoder inputs (runs ahead on the reader thread); a source
+        over ``max_passages`` is a failure (path, reason) instead."""
         docs, texts = [], []
         for doc in source.docs:
             digest = content_hash(doc.title, doc.text)
@@ -224,13 +227,17 @@ class _Ingester:
                               size=len(doc.text.encode("utf-8")) if len(source.docs) > 1 else source.size or len(doc.text),
                               mtime=doc.mtime if doc.mtime is not None else source.mtime, metadata=dict(doc.metadata),
                               page_starts=list(doc.page_starts))
-            if not self.store.has_content(digest, self.collection, exclude_source=source.key):
+            if not self.library.has_content(digest, self.collection, exclude_source=source.key):
                 prefix, prefix_tokens = self._title_prefix(doc.title)
                 budget = min(self.chunk_tokens, self.window - prefix_tokens)
-                new.spans = Chunker(self.tokenizer, budget, min(self.overlap, budget // 2)).chunk(doc.text, doc.page_starts)
+                new.spans = cap_spans(doc.text, Chunker(self.tokenizer, budget, min(self.overlap, budget // 2))
+                                      .chunk(doc.text, doc.page_starts))
                 new.locations = locate(new.spans, doc.page_starts, doc.headings)
                 texts += [encoder_input(prefix, doc.text[a:b]) for a, b in new.spans]
             docs.append(new)
+            if self.max_passages is not None and len(texts) > self.max_passages:
+                return (source.key, f"too many passages: more than {self.max_passages} in one file "
+                                    f"(the limit per upload is {self.max_passages})")
         return _Pending(source, docs, texts)
 
     def add(self, item: _Pending) -> None:
@@ -257,8 +264,7 @@ class _Ingester:
             for doc in item.docs:
                 doc.vectors = vectors[at: at + len(doc.spans)]
                 at += len(doc.spans)
-            result = self.store.write_source(item.source.key, item.source.hash, item.docs)
-            self.library.apply(result)
+            result = self.library.write_source(item.source.key, item.source.hash, item.docs)
             if result.replaced:
                 self.report.updated += 1
             else:
@@ -329,18 +335,19 @@ def _read_ahead(items: Iterator, prepare, size: int = 64) -> Iterator:
 
 
 def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, chunk_tokens, overlap,
-         progress: bool, report: IngestReport, encode_batch: int = ENCODE_BATCH) -> IngestReport:
+         progress: bool, report: IngestReport, encode_batch: int = ENCODE_BATCH,
+         max_passages: int | None = None) -> IngestReport:
     if not collection or not str(collection).strip():
         raise RagError("the collection name must not be empty")
     library.encoder  # loading the model is not part of the ingest rate
     started = time.perf_counter()
     library.index  # load (or catch up) the index first, so each write can follow it
-    ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress, encode_batch)
+    ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress, encode_batch, max_passages)
 
     def prepare(item):
         if isinstance(item, tuple):
             return item  # a failure: (path, reason)
-        if library.store.source_state(item.key) == (item.hash, collection):
+        if library.source_state(item.key) == (item.hash, collection):
             return None  # unchanged
         return ingester.prepare(item)
 
@@ -381,8 +388,9 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
                  chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
                  progress: bool = False, options: LoadOptions | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                  stdin_name: str = "stdin", default_excludes: bool = True,
-                 encode_batch: int = ENCODE_BATCH) -> IngestReport:
-    """Ingest files and folders (``-`` reads stdin); bad files are reported and the rest go in."""
+                 encode_batch: int = ENCODE_BATCH, max_passages: int | None = None) -> IngestReport:
+    """Ingest files and folders (``-`` reads stdin); bad files are reported and the rest go in.
+    ``max_passages``: a file that would make more passages fails (the server's per-upload limit)."""
     options = options or LoadOptions()
     report = IngestReport()
     if not paths:
@@ -403,12 +411,12 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
             except LoadError as exc:
                 yield (str(path), str(exc))
                 continue
-            if library.store.source_state(source.key) == (source.hash, collection):
+            if library.source_state(source.key) == (source.hash, collection):
                 yield source  # unchanged: skipped before any parsing
                 continue
             yield from _parse(str(path), data, source, options)
 
-    _run(library, sources(), collection, chunk_tokens, overlap, progress, report, encode_batch)
+    _run(library, sources(), collection, chunk_tokens, overlap, progress, report, encode_batch, max_passages)
     if prune:
         report.removed = prune_missing(library, [p for p in paths if p != "-"])
     return report
@@ -439,7 +447,7 @@ def prune_missing(library, roots: list[str]) -> int:
     """Remove stored files under ``roots`` that no longer exist; returns how many sources went."""
     prefixes = [os.path.abspath(Path(r).expanduser()) for r in roots]
     gone = 0
-    for source in library.store.sources():
+    for source in library.sources():
         if not source.startswith("/") or Path(source).exists():
             continue
         if any(source == p or source.startswith(p.rstrip("/") + "/") for p in prefixes):

@@ -1,30 +1,37 @@
 """An open data directory: the store (rag.db), the encoder and the vector index (index/).
 
-The database is the source of truth and the index follows it. ``index/rag.json`` records which
-store generation and highest passage id the saved index reflects; on open, an index that lags is
-caught up from the stored embeddings (new ids), and one that disagrees in any other way (removed
-passages, another backend or encoder, missing or corrupt files) is rebuilt from them. No
-re-encoding is ever needed to get the index back.
+``Library`` is the one way into a data directory: every write (ingest, upload, remove, rebuild)
+and every read callers make go through it, and it alone keeps the vector index in step with the
+store. The database is the source of truth; the index follows it by comparing what it holds (its
+live ids) with the store's passage ids, never by trusting a counter: another process (a second
+`rag ingest`, the server's uploads) may have written in between, with passage ids interleaved
+with ours. The store's generation only says *when* to compare: it moves with every write, and
+the library knows which generation its index reflects. No re-encoding is ever needed.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from rag.config import data_dir as resolve_data_dir
 from rag.encoders import DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, backends_can_share_a_store, check_encoder_backend
 from rag.errors import RagError
-from rag.store import DB_NAME, Store, WriteResult
+from rag.records import Document, Passage
+from rag.store import DB_NAME, NewDocument, Store, WriteResult
 
 DEFAULT_BACKEND = "hnsw"
 INDEX_DIR = "index"
 STATE_FILE = "rag.json"
+LOCK_FILE = "index.lock"  # serialises saving and loading index/ between processes
 
 
 def _default_backend() -> str:
@@ -35,28 +42,42 @@ def _default_backend() -> str:
 
 
 class Library:
-    """Store + encoder + index for one data directory; share one across threads."""
+    """Store + encoder + index for one data directory; share one across threads, close it when done.
+
+    ``create=False`` (every read-only command) refuses a directory that holds no store, rather
+    than creating an empty one where a typo pointed.
+    """
 
     def __init__(self, data: str | Path | None = None, model: str | None = None, backend: str | None = None,
-                 encoder=None, encoder_backend: str | None = None):
+                 encoder=None, encoder_backend: str | None = None, create: bool = True):
         self.data_dir = resolve_data_dir(data)
+        if not create and not (self.data_dir / DB_NAME).is_file():
+            raise RagError(f"no store in {self.data_dir}: nothing has been ingested there "
+                           "(check --data or RAG_DATA, or run `rag ingest PATH` first)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.data_dir / DB_NAME)
-        stored_path = self.store.meta("encoder_path") if self.store.meta("encoder") != DEFAULT_ENCODER else None
+        self._store = Store(self.data_dir / DB_NAME)
+        stored_path = self._store.meta("encoder_path") if self._store.meta("encoder") != DEFAULT_ENCODER else None
         self._model = model or stored_path  # a store built with another model reopens with it
         self._encoder = encoder
         self._index = None
+        self._synced = -1  # the store generation the in-memory index reflects
         self.lock = threading.RLock()
         self.encoder_backend = self._choose_encoder_backend(getattr(encoder, "backend", None) or encoder_backend)
         if encoder is not None:
-            self.store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
-        stored_backend = self.store.meta("backend")
+            self._store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
+        stored_backend = self._store.meta("backend")
         self.backend = backend or stored_backend or _default_backend()
         self._check_backend(self.backend)
         if backend and stored_backend and backend != stored_backend:
-            self.store.set_meta("backend", backend)  # the next index access rebuilds with it
+            self._store.set_meta("backend", backend)  # the next index access rebuilds with it
         elif not stored_backend:
-            self.store.set_meta("backend", self.backend)
+            self._store.set_meta("backend", self.backend)
+
+    def __enter__(self) -> "Library":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @staticmethod
     def _check_backend(name: str) -> None:
@@ -70,15 +91,15 @@ class Library:
         the choice, a store with vectors refuses a back end whose vectors differ (rag.encoders.VECTOR_FAMILY)."""
         if requested:
             check_encoder_backend(requested)
-        stored = self.store.meta("encoder_backend")
-        has_vectors = self.store.passage_count() > 0
+        stored = self._store.meta("encoder_backend")
+        has_vectors = self._store.passage_count() > 0
         if stored is None and has_vectors:
             stored = "torch"  # stores from before back ends were recorded: encoded by sentence-transformers
-            self.store.set_meta("encoder_backend", stored)
+            self._store.set_meta("encoder_backend", stored)
         chosen = requested or stored or DEFAULT_ENCODER_BACKEND
         if not has_vectors:
             if chosen != stored:
-                self.store.set_meta("encoder_backend", chosen)
+                self._store.set_meta("encoder_backend", chosen)
         elif not backends_can_share_a_store(stored, chosen):
             raise RagError(f"this store was encoded with the {stored} encoder back end, whose vectors differ from "
                            f"{chosen}'s; use --encoder-backend {stored}, or another --data directory for {chosen}")
@@ -100,24 +121,166 @@ class Library:
                 from rag.generators import model_cache_dir
 
                 encoder = load_encoder(self._model, self.encoder_backend, cache_dir=model_cache_dir(self.data_dir))
-                self.store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
+                self._store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
                 self._encoder = encoder
             return self._encoder
 
     @property
     def dim(self) -> int:
-        stored = self.store.meta("dim")
+        stored = self._store.meta("dim")
         return int(stored) if stored else self.encoder.dim
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def documents(self, collection: str | None = None) -> list[Document]:
+        return self._store.documents(collection)
+
+    def document(self, id: int) -> Document:
+        return self._store.document(id)
+
+    def find_document(self, key: str | int) -> Document:
+        """By id or exact path."""
+        return self._store.find_document(key)
+
+    def documents_by_id(self, ids) -> dict[int, Document]:
+        return self._store.documents_by_id(ids)
+
+    def document_text(self, id: int) -> str:
+        return self._store.document_text(id)
+
+    def page_starts(self, doc_id: int) -> list[int]:
+        """PDF: the character offset where each page starts (empty for other formats)."""
+        return self._store.page_starts(doc_id)
+
+    def passages_of(self, doc_id: int) -> list[Passage]:
+        return self._store.passages_of(doc_id)
+
+    def passages(self, ids) -> dict[int, Passage]:
+        return self._store.passages(ids)
+
+    def passage_counts(self) -> dict[int, int]:
+        return self._store.passage_counts()
+
+    def passage_count(self) -> int:
+        return self._store.passage_count()
+
+    def embeddings(self, ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """Stored (ids, vectors): the given passage ids, or all."""
+        return self._store.embeddings(ids=ids, dim=self.dim)
+
+    def keyword_search(self, query: str, k: int, where: dict[str, str] | None = None) -> list[tuple[int, float]]:
+        return self._store.keyword_search(query, k, where)
+
+    def candidate_ids(self, where: dict[str, str] | None) -> np.ndarray:
+        return self._store.candidate_ids(where)
+
+    def source_state(self, source: str) -> tuple[str, str] | None:
+        return self._store.source_state(source)
+
+    def sources(self) -> list[str]:
+        return self._store.sources()
+
+    def has_content(self, content_hash: str, collection: str, exclude_source: str | None = None) -> bool:
+        return self._store.has_content(content_hash, collection, exclude_source)
+
+    def duplicate_of(self, id: int) -> int | None:
+        return self._store.duplicate_of(id)
+
+    def passage_ids(self) -> np.ndarray:
+        """Every stored passage id, ascending."""
+        return self._store.passage_ids()[1]
+
+    def generation(self) -> int:
+        """Moves with every write to the store, from any process."""
+        return self._store.generation()
+
+    def build_index(self, backend: str, **params):
+        """A new, separate ``backend`` index over every stored embedding (evaluations compare these)."""
+        self._check_backend(backend)
+        return index_from_store(self._store, backend, self.dim, **params)
+
+    def integrity(self) -> dict[str, int]:
+        """Row counts that must agree, plus what the vector index holds."""
+        counts = self._store.counts()
+        counts["index"] = len(self.index)
+        return counts
+
+    def stats(self) -> dict:
+        """The store's counts plus the backend and the saved index's size on disk."""
+        stats = self._store.stats()
+        stats["backend"] = self.backend
+        stats["encoder_backend"] = self.encoder_backend
+        files = [p for p in self.index_dir.rglob("*") if p.is_file()] if self.index_dir.exists() else []
+        stats["sizes"]["index"] = sum(p.stat().st_size for p in files)
+        return stats
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def write_source(self, key: str, source_hash: str, docs: list[NewDocument]) -> WriteResult:
+        """Replace everything stored for one source (a file or a record) and make the index follow."""
+        with self.lock:
+            index = self.index
+            result = self._store.write_source(key, source_hash, docs)
+            self._follow(index, result)
+            return result
+
+    def remove_document(self, key: str | int, save: bool = True) -> list[int]:
+        """Remove a document (or every record of a file) from the store and the index."""
+        with self.lock:
+            index = self.index
+            result = self._store.remove_document(key)
+            self._follow(index, result)
+            if save:
+                self.save_index()
+        return result.removed_ids.tolist()
+
+    def _follow(self, index, result: WriteResult) -> None:
+        """Apply one of our own writes to the index; if another process wrote since the index was
+        last in step, compare the whole id sets instead of assuming."""
+        if len(result.removed_ids):
+            index.remove(result.removed_ids)
+        if len(result.added_ids):
+            index.add(result.added_ids, result.vectors)
+        if result.previous == self._synced:
+            self._synced = result.generation
+        else:
+            self._sync(index)
 
     # --- index --------------------------------------------------------------------------------
 
     @property
     def index(self):
-        """The vector index, loaded, caught up or rebuilt so it matches the store."""
+        """The vector index, holding exactly the store's passages (loaded, caught up or rebuilt)."""
         with self.lock:
             if self._index is None:
                 self._index = self._open_index()
+            elif self._store.generation() != self._synced:
+                self._sync(self._index)  # another process wrote the store
             return self._index
+
+    def _sync(self, index) -> None:
+        """Make ``index`` hold exactly the stored passage ids: add the missing, drop the gone."""
+        generation, stored = self._store.passage_ids()
+        held = index.ids()
+        gone = np.setdiff1d(held, stored, assume_unique=True)
+        missing = np.setdiff1d(stored, held, assume_unique=True)
+        if len(gone):
+            index.remove(gone)
+        for start in range(0, len(missing), 20000):
+            ids, vectors = self._store.embeddings(ids=missing[start:start + 20000], dim=self.dim)
+            if len(ids):
+                index.add(ids, vectors)
+        self._synced = generation
+
+    @contextmanager
+    def _index_files_lock(self) -> Iterator[None]:
+        """Between processes: one saves or loads index/ at a time (a rename is atomic, a pair is not)."""
+        with open(self.data_dir / LOCK_FILE, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _state(self) -> dict | None:
         try:
@@ -128,22 +291,21 @@ class Library:
     def _open_index(self):
         from indexes import load_index
 
-        state = self._state()
-        encoder = self.store.meta("encoder")
-        if state and state.get("backend") == self.backend and state.get("encoder") == encoder:
-            try:
-                index = load_index(self.index_dir)
-            except ValueError:
-                index = None
-            if index is not None and index.name == self.backend and index.dim == self.dim:
-                if state.get("generation") == self.store.generation():
-                    return index
-                ids, vectors = self.store.embeddings(after=int(state.get("max_passage_id", 0)), dim=self.dim)
-                index.add(ids, vectors)
-                if len(index) == self.store.passage_count():
-                    self.save_index(index)
-                    return index
-        return self.rebuild_index()
+        index = None
+        with self._index_files_lock():
+            state = self._state()
+            if state and state.get("backend") == self.backend and state.get("encoder") == self._store.meta("encoder"):
+                try:
+                    index = load_index(self.index_dir)
+                except ValueError:
+                    index = None
+        if index is None or index.name != self.backend or index.dim != self.dim:
+            return self.rebuild_index()
+        self._sync(index)
+        if self._synced != (state or {}).get("generation"):
+            self._index = index
+            self.save_index(index)
+        return index
 
     def rebuild_index(self, backend: str | None = None, **params):
         """A fresh index of ``backend`` (default: the current one) from the stored embeddings."""
@@ -151,64 +313,45 @@ class Library:
             if backend:
                 self._check_backend(backend)
                 self.backend = backend
-                self.store.set_meta("backend", backend)
-            index = index_from_store(self.store, self.backend, self.dim, **params)
-            self._index = index
+                self._store.set_meta("backend", backend)
+            generation, _ = self._store.passage_ids()
+            index = index_from_store(self._store, self.backend, self.dim, **params)
+            self._index, self._synced = index, generation
+            self._sync(index)  # writes that landed while it was built
             self.save_index(index, force=True)
             return index
 
     def save_index(self, index=None, force: bool = False) -> None:
-        """Save the index, then record the store generation it reflects (both written atomically)."""
+        """Save the index and the store generation it reflects (what it holds, not the store's latest)."""
         with self.lock:
             index = index or self._index
             if index is None:
                 return
-            state = {"backend": self.backend, "encoder": self.store.meta("encoder"), "dim": index.dim,
-                     "generation": self.store.generation(), "max_passage_id": self.store.max_passage_id(),
-                     "count": len(index)}
-            if not force and self._state() == state and (self.index_dir / "manifest.json").exists():
-                return  # nothing changed since the last save
-            index.save(self.index_dir)
-            path = self.index_dir / STATE_FILE
-            tmp = path.with_name(f".{STATE_FILE}.{uuid.uuid4().hex}.tmp")
-            tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
-            os.replace(tmp, path)
+            state = {"backend": self.backend, "encoder": self._store.meta("encoder"), "dim": index.dim,
+                     "generation": self._synced, "count": len(index)}
+            with self._index_files_lock():
+                if not force and self._state() == state and (self.index_dir / "manifest.json").exists():
+                    return  # nothing changed since the last save
+                index.save(self.index_dir)
+                path = self.index_dir / STATE_FILE
+                tmp = path.with_name(f".{STATE_FILE}.{uuid.uuid4().hex}.tmp")
+                tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
+                os.replace(tmp, path)
 
-    def apply(self, result: WriteResult) -> None:
-        """Make the in-memory index follow one store write (saved later by save_index)."""
-        with self.lock:
-            if self._index is None:
-                return  # opened lazily: it catches up from the store then
-            if len(result.removed_ids):
-                self._index.remove(result.removed_ids)
-            if len(result.added_ids):
-                self._index.add(result.added_ids, result.vectors)
-
-    def remove_document(self, key: str | int, save: bool = True) -> list[int]:
-        """Remove a document (or every record of a file) from the store and the index."""
-        with self.lock:
-            index = self.index  # loaded first, so it can follow the removal
-            removed = self.store.remove_document(key)
-            if removed:
-                index.remove(np.asarray(removed, dtype=np.int64))
-            if save:
-                self.save_index()
-        return removed
-
-    def stats(self) -> dict:
-        stats = self.store.stats()
-        stats["backend"] = self.backend
-        stats["encoder_backend"] = self.encoder_backend
-        return stats
+    def remove_index_files(self) -> None:
+        """Drop the saved index (the next open rebuilds it from the store)."""
+        with self.lock, self._index_files_lock():
+            shutil.rmtree(self.index_dir, ignore_errors=True)
 
     def close(self) -> None:
         with self.lock:
             self._index = None
-            self.store.close()
+            self._store.close()
 
 
-def index_from_store(store, backend: str, dim: int, **params):
-    """A new ``backend`` index holding every stored embedding: any backend, no re-encoding."""
+def index_from_store(store: Store, backend: str, dim: int, **params):
+    """A new ``backend`` index holding every stored embedding: any backend, no re-encoding.
+    (For the library's rebuild, and for an evaluation that opened its own store.)"""
     from indexes import create_index
 
     try:
@@ -221,12 +364,8 @@ def index_from_store(store, backend: str, dim: int, **params):
 
 
 def open_library(data: str | Path | None = None, model: str | None = None, backend: str | None = None,
-                 encoder=None, encoder_backend: str | None = None) -> Library:
-    """Open (creating if needed) the data directory; ``encoder`` reuses an already-loaded model,
-    ``encoder_backend`` (torch, onnx, onnx-int8) overrides the store's recorded one."""
-    return Library(data, model=model, backend=backend, encoder=encoder, encoder_backend=encoder_backend)
-
-
-def remove_index_files(library: Library) -> None:
-    """Drop the saved index (the next access rebuilds it from the store)."""
-    shutil.rmtree(library.index_dir, ignore_errors=True)
+                 encoder=None, encoder_backend: str | None = None, create: bool = True) -> Library:
+    """Open the data directory (``create=False``: it must already hold a store); ``encoder`` reuses an
+    already-loaded model, ``encoder_backend`` (torch, onnx, onnx-int8) overrides the store's recorded one."""
+    return Library(data, model=model, backend=backend, encoder=encoder, encoder_backend=encoder_backend,
+                   create=create)

@@ -10,6 +10,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,14 @@ class LoadOptions:
     text_columns: list[str] = field(default_factory=list)  # CSV; empty = every column
 
 
+# Single-byte Latin-script encodings a detector may confuse with one another.
+LATIN_CODEPAGES = frozenset({
+    "cp1250", "cp1252", "cp1254", "cp1257", "cp1258", "latin_1", "iso8859_2", "iso8859_3", "iso8859_4",
+    "iso8859_9", "iso8859_10", "iso8859_13", "iso8859_14", "iso8859_15", "iso8859_16", "mac_latin2",
+    "mac_roman", "mac_iceland", "mac_turkish", "cp437", "cp850", "cp852", "cp858", "cp1125",
+})
+
+
 def decode_text(data: bytes) -> str:
     """Bytes -> str: UTF-8 (with or without BOM), else the encoding charset_normalizer finds."""
     if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -45,6 +54,14 @@ def decode_text(data: bytes) -> str:
     best = from_bytes(data).best()
     if best is None:
         raise LoadError("not text: no character encoding fits")
+    if best.encoding in LATIN_CODEPAGES:
+        # Between Latin code pages a guess on short text is a coin toss (it reads Latin-1 "naïve" as
+        # cp1250 "naďve"); Western Latin-1 (as cp1252, its superset the web uses) is the common case.
+        for encoding in ("cp1252", "latin_1"):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                continue
     return str(best)
 
 
@@ -76,29 +93,83 @@ def load_markdown(path: str, data: bytes, options: LoadOptions) -> list[SourceDo
                            headings=markdown_headings(text))]
 
 
+# Never indexed: scripts and styles are not text, navigation and page chrome repeat on every page.
+BOILERPLATE_TAGS = ("script", "style", "noscript", "template", "nav", "header", "footer")
+_BLOCK_TAGS = frozenset("p div br li ul ol dl dt dd h1 h2 h3 h4 h5 h6 tr table section article main pre "
+                        "blockquote figure figcaption hr title".split())
+
+
+class _BodyText(HTMLParser):
+    """Text of an HTML page without its boilerplate elements, streamed (any nesting depth)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+        self.in_head = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag in BOILERPLATE_TAGS:
+            self.skipping += 1
+        elif tag == "head":
+            self.in_head = True
+        elif tag == "body":
+            self.in_head = False
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in BOILERPLATE_TAGS and self.skipping:
+            self.skipping -= 1
+        elif tag == "head":
+            self.in_head = False
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self.skipping and not self.in_head:
+            self.parts.append(data)
+
+
+def html_body_text(markup: str) -> str:
+    """The page's text minus BOILERPLATE_TAGS: the fallback when the main-text extractor gives up
+    and for pages nested deeper than the tree parser goes."""
+    parser = _BodyText()
+    parser.feed(markup)
+    parser.close()
+    return re.sub(r"[ \t]*\n[ \t\n]*", "\n", "".join(parser.parts))
+
+
 def load_html(path: str, data: bytes, options: LoadOptions) -> list[SourceDocument]:
-    """Main content through trafilatura (drops navigation and boilerplate); title from <title>."""
+    """Main content through trafilatura (drops boilerplate); title from <title>. Navigation, header,
+    footer, script and style elements are removed first, so no path indexes them."""
     import trafilatura
     from lxml import html as lxml_html
 
     markup = decode_text(data)
     if not markup.strip():
         return [SourceDocument(uri=path, title=Path(path).name, text="")]
+    parser = lxml_html.HTMLParser()
     try:
         try:
-            tree = lxml_html.fromstring(markup)
+            tree = lxml_html.fromstring(markup, parser=parser)
         except ValueError:  # XHTML with an <?xml encoding=...?> declaration: lxml wants the bytes
-            tree = lxml_html.fromstring(data)
+            tree = lxml_html.fromstring(data, parser=parser)
     except Exception as exc:  # lxml raises several types for broken markup
         raise LoadError(f"cannot parse HTML: {exc}") from exc
     title = " ".join((tree.findtext(".//title") or "").split()) or Path(path).name
-    body = tree.find(".//body")
-    fallback = body.text_content() if body is not None else ""
-    headings = [h.text_content().replace("\u00b6", "") for h in tree.iter("h1", "h2", "h3")]
-    # fast=True skips trafilatura's second-opinion extractors: same text on documentation pages, ~40% quicker
-    text = trafilatura.extract(tree, include_tables=True, include_comments=False, favor_recall=True, fast=True) or ""
-    if not text.strip():  # pages that are all "boilerplate" to trafilatura: fall back to the body text
-        text = fallback
+    truncated = any(e.type_name == "ERR_RESOURCE_LIMIT" for e in parser.error_log)  # nesting too deep
+    headings = [] if truncated else [h.text_content().replace("\u00b6", "") for h in tree.iter("h1", "h2", "h3")]
+    text = ""
+    if not truncated:
+        for element in tree.xpath("|".join(f"//{tag}" for tag in BOILERPLATE_TAGS)):
+            if element.getparent() is not None:
+                element.drop_tree()
+        # fast=True skips trafilatura's second-opinion extractors: same text on documentation pages, ~40% quicker
+        text = trafilatura.extract(tree, include_tables=True, include_comments=False, favor_recall=True,
+                                   fast=True) or ""
+    if not text.strip():  # all "boilerplate" to trafilatura, or too deep for the tree: the body's text
+        text = html_body_text(markup)
     text = clean_text(text.replace("\u00b6", ""))  # Sphinx permalink marks
     # the extracted text keeps each heading on a line of its own: find those lines by the h1-h3 texts
     return [SourceDocument(uri=path, title=title, text=text, headings=heading_lines(text, headings))]

@@ -10,17 +10,17 @@ import math
 
 import numpy as np
 
+from rag.contract import MODES, SEARCH_K, check_mode
 from rag.errors import RagError
 from rag.records import Hit
 
-MODES = ("dense", "keyword", "hybrid")
+__all__ = ["MODES", "search", "fuse", "dense_ranking", "keyword_ranking", "hits_for"]
 # Reciprocal rank fusion constant (Cormack et al. 2009): score = sum over rankings of 1 / (RRF_K + rank).
 # 60 is the paper's value; it damps the difference between the very first ranks so that one list
 # cannot dominate, and it is what the SciFact figures in the datasets README were measured with.
 RRF_K = 60
 EXACT_LIMIT = 10_000  # a filtered candidate set up to this size is scored exactly from stored embeddings
 HYBRID_DEPTH = 100  # how deep each ranking goes before fusion
-MAX_K = 1000
 
 
 def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
@@ -44,11 +44,11 @@ def _query_vector(library, query: str, query_vector) -> np.ndarray:
 def dense_ranking(library, query: str, n: int, where: dict | None = None, query_vector=None
                   ) -> list[tuple[int, float]]:
     """Top n (passage id, cosine similarity) by the query's embedding."""
-    if library.store.passage_count() == 0:
+    if library.passage_count() == 0:
         return []
     vector = _query_vector(library, query, query_vector)
     if where:
-        candidates = library.store.candidate_ids(where)
+        candidates = library.candidate_ids(where)
         if len(candidates) == 0:
             return []
         if len(candidates) <= EXACT_LIMIT:
@@ -73,7 +73,7 @@ def _index_search(library, vector: np.ndarray, n: int) -> list[tuple[int, float]
 
 
 def _exact(library, vector: np.ndarray, candidates: np.ndarray, n: int) -> list[tuple[int, float]]:
-    ids, vectors = library.store.embeddings(ids=candidates, dim=library.dim)
+    ids, vectors = library.embeddings(ids=candidates)
     if not len(ids):
         return []
     scores = vectors @ (vector / (np.linalg.norm(vector) or 1.0))
@@ -83,7 +83,7 @@ def _exact(library, vector: np.ndarray, candidates: np.ndarray, n: int) -> list[
 
 def keyword_ranking(library, query: str, n: int, where: dict | None = None) -> list[tuple[int, float]]:
     """Top n (passage id, BM25 score) over title + passage text."""
-    return library.store.keyword_search(query, n, where)
+    return library.keyword_search(query, n, where)
 
 
 def search(library, query: str, k: int = 10, mode: str = "dense", where: dict[str, str] | None = None,
@@ -91,11 +91,8 @@ def search(library, query: str, k: int = 10, mode: str = "dense", where: dict[st
     """The k best passages for ``query``; ``query_vector`` replaces the encoded query on the dense side."""
     if not isinstance(query, str) or not query.strip():
         raise RagError("the query is empty")
-    if mode not in MODES:
-        raise RagError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise RagError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
-    k = int(k)
+    mode = check_mode(mode)
+    k = SEARCH_K.check(k)
     if mode == "dense":
         ranked = dense_ranking(library, query, k, where, query_vector)
     elif mode == "keyword":
@@ -110,9 +107,8 @@ def search(library, query: str, k: int = 10, mode: str = "dense", where: dict[st
 
 def hits_for(library, ranked: list[tuple[int, float]], k: int) -> list[Hit]:
     """Hits with their passage and document; ids the store no longer has are dropped."""
-    store = library.store
-    passages = store.passages([i for i, _ in ranked[: k * 2 + 10]])
-    documents = store.documents_by_id({p.document_id for p in passages.values()})
+    passages = library.passages([i for i, _ in ranked[: k * 2 + 10]])
+    documents = library.documents_by_id({p.document_id for p in passages.values()})
     hits = []
     for pid, score in ranked:
         passage = passages.get(pid)
@@ -122,8 +118,3 @@ def hits_for(library, ranked: list[tuple[int, float]], k: int) -> list[Hit]:
         if len(hits) == k:
             break
     return hits
-
-
-def results_json(query: str, mode: str, hits: list[Hit]) -> dict:
-    """The --json shape other commands and tests rely on."""
-    return {"query": query, "mode": mode, "results": [h.to_json() for h in hits]}

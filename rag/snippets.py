@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from rag.store import STOP_WORDS
+from rag.stopwords import STOP_WORDS
 
 
 def query_terms(query: str) -> list[str]:
@@ -14,14 +14,14 @@ def query_terms(query: str) -> list[str]:
     return list(dict.fromkeys(kept))
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     """A crude prefix stem so 'encoding' marks 'encoder' and 'encodes' (the keyword index stems too)."""
     return word if len(word) <= 4 else word[: max(4, len(word) - 3)]
 
 
 def term_spans(text: str, query: str) -> list[tuple[int, int]]:
     """(start, end) of every word in text that shares a stem with a query word."""
-    stems = [_stem(t) for t in query_terms(query)]
+    stems = [stem(t) for t in query_terms(query)]
     if not stems:
         return []
     return [m.span() for m in re.finditer(r"\w+", text) if any(m.group().lower().startswith(s) for s in stems)]

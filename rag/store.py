@@ -20,18 +20,14 @@ from typing import Any, Iterator
 import numpy as np
 import sqlite_utils
 
+from rag.contract import as_document_id
 from rag.errors import RagError
 from rag.locations import Location
 from rag.records import Document, Passage
+from rag.stopwords import STOP_WORDS
 
 DB_NAME = "rag.db"
-
-# Words too common to help BM25 pick passages; dropped from keyword queries unless nothing else is left.
-STOP_WORDS = frozenset(
-    "a an and are as at be but by for from had has have he her his i if in into is it its me my no not "
-    "of on or our she so such than that the their then there these they this those to was we were what "
-    "when where which while who whom why will with would you your does do did can could should how".split()
-)
+BUSY_TIMEOUT = 60.0  # seconds a write waits for another process's transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -110,6 +106,8 @@ class WriteResult:
     removed_ids: np.ndarray  # passage ids gone from the store
     replaced: bool  # the source existed before
     duplicates: int = 0  # documents stored as a duplicate of existing content
+    generation: int = 0  # the store generation this write made
+    previous: int = 0  # the generation just before it (another process may have written since we looked)
 
 
 def _now() -> str:
@@ -172,7 +170,9 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            # concurrent writers (two ingests, the server's uploads) wait for each other's short transactions
+            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                        timeout=BUSY_TIMEOUT)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -225,11 +225,23 @@ class Store:
         """Bumped by every write transaction; the vector index records the one it reflects."""
         return int(self.meta("generation", "0"))
 
-    def _bump(self) -> None:
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('generation', '1') "
-            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-        )
+    def _bump(self) -> tuple[int, int]:
+        """Inside a write transaction: (generation before, generation after) this write."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        before = int(row[0]) if row else 0
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('generation', ?)", (str(before + 1),))
+        return before, before + 1
+
+    def passage_ids(self) -> tuple[int, np.ndarray]:
+        """(generation, every passage id ascending) read in one transaction, so they agree."""
+        with self.lock:
+            self.conn.execute("BEGIN")
+            try:
+                row = self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+                ids = [r[0] for r in self.conn.execute("SELECT id FROM passages ORDER BY id")]
+            finally:
+                self.conn.execute("COMMIT")
+        return int(row[0]) if row else 0, np.asarray(ids, dtype=np.int64)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -272,8 +284,9 @@ class Store:
         """A document by id (an int or all-digit string) or by its exact path."""
         with self.lock:
             row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE path = ?", (str(key),)).fetchone()
-            if row is None and str(key).isdigit():
-                row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?", (int(key),)).fetchone()
+            if row is None and as_document_id(key) is not None:
+                row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?",
+                                        (as_document_id(key),)).fetchone()
         if row is None:
             raise RagError(f"no document with path or id {key!r}")
         return _document(row)
@@ -452,7 +465,7 @@ class Store:
                     duplicates += dup
                     if ids:
                         vectors.append(doc.vectors)
-                self._bump()
+                previous, generation = self._bump()
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
@@ -461,7 +474,8 @@ class Store:
         return WriteResult(
             added_ids=np.asarray(added, dtype=np.int64),
             vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
-            removed_ids=np.asarray(removed, dtype=np.int64), replaced=bool(old), duplicates=duplicates)
+            removed_ids=np.asarray(removed, dtype=np.int64), replaced=bool(old), duplicates=duplicates,
+            generation=generation, previous=previous)
 
     def _insert(self, source: str, source_hash: str, doc: NewDocument) -> tuple[list[int], int]:
         original = self.conn.execute(
@@ -520,14 +534,15 @@ class Store:
         self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
         return removed
 
-    def remove_document(self, key: str | int) -> list[int]:
+    def remove_document(self, key: str | int) -> WriteResult:
         """Remove a document by id or path (every record of a multi-record file when given the file);
-        returns the passage ids that left the store."""
+        ``removed_ids`` are the passage ids that left the store."""
         with self.lock:
             doc_ids = [] if isinstance(key, int) else [r[0] for r in self.conn.execute(
                 "SELECT id FROM documents WHERE source = ? OR path = ?", (str(key), str(key)))]
-            if not doc_ids and str(key).isdigit():
-                doc_ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE id = ?", (int(key),))]
+            if not doc_ids and as_document_id(key) is not None:
+                doc_ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE id = ?",
+                                                           (as_document_id(key),))]
             if not doc_ids:
                 raise RagError(f"no document with path or id {key!r}")
             self.conn.execute("BEGIN IMMEDIATE")
@@ -535,15 +550,14 @@ class Store:
                 removed = []
                 for doc_id in doc_ids:
                     removed += self._remove(doc_id)
-                self._bump()
+                previous, generation = self._bump()
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-        return removed
-
-    def remove_source(self, source: str) -> list[int]:
-        return self.remove_document(source)
+        return WriteResult(added_ids=np.zeros(0, dtype=np.int64), vectors=np.zeros((0, 0), dtype=np.float32),
+                           removed_ids=np.asarray(removed, dtype=np.int64), replaced=True,
+                           generation=generation, previous=previous)
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -576,9 +590,7 @@ class Store:
                 collections[name]["passages"] = n
             documents = self.conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
             duplicates = self.conn.execute("SELECT COUNT(*) FROM documents WHERE duplicate_of IS NOT NULL").fetchone()[0]
-        index_dir = self.path.parent / "index"
         db_bytes = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
-        index_bytes = sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file()) if index_dir.exists() else 0
         return {
             "documents": documents,
             "duplicates": duplicates,
@@ -587,6 +599,6 @@ class Store:
             "backend": self.meta("backend"),
             "encoder": self.meta("encoder"),
             "dim": int(self.meta("dim") or 0) or None,
-            "sizes": {"database": db_bytes, "index": index_bytes},
+            "sizes": {"database": db_bytes},  # the library adds the index's
             "data_dir": str(self.path.parent),
         }

@@ -133,9 +133,9 @@ def test_store_records_the_backend_and_refuses_mixing_int8_with_float(tmp_path, 
     mixed = open_library(fp32, encoder=encoders["onnx"])
     hits = search(mixed, "who looked after the lamp", k=1, mode="dense")
     assert hits[0].document.title == "Lighthouse keepers"
-    assert mixed.encoder_backend == "onnx" and mixed.store.meta("encoder_backend") == "torch"
+    assert mixed.encoder_backend == "onnx" and mixed._store.meta("encoder_backend") == "torch"
     # a store from before back ends were recorded holds torch vectors
-    mixed.store.conn.execute("DELETE FROM meta WHERE key = 'encoder_backend'")
+    mixed._store.conn.execute("DELETE FROM meta WHERE key = 'encoder_backend'")
     mixed.close()
     assert open_library(fp32).encoder_backend == "torch"
     with pytest.raises(RagError, match="encoded with the torch encoder back end"):
@@ -143,8 +143,8 @@ def test_store_records_the_backend_and_refuses_mixing_int8_with_float(tmp_path, 
 
     # an empty store takes the back end it is given, and may change it until it holds vectors
     empty = tmp_path / "empty"
-    assert open_library(empty, encoder_backend="onnx").store.meta("encoder_backend") == "onnx"
-    assert open_library(empty, encoder_backend="onnx-int8").store.meta("encoder_backend") == "onnx-int8"
+    assert open_library(empty, encoder_backend="onnx")._store.meta("encoder_backend") == "onnx"
+    assert open_library(empty, encoder_backend="onnx-int8")._store.meta("encoder_backend") == "onnx-int8"
     with pytest.raises(RagError, match="unknown encoder back end 'tensorrt'"):
         open_library(empty, encoder_backend="tensorrt")
 

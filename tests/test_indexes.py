@@ -9,7 +9,7 @@ import pytest
 
 from eval.corpora import real_passages
 from indexes import available_backends, create_index, load_index
-from indexes.base import IndexFileError
+from indexes.storage import IndexFileError
 
 BACKENDS = available_backends()
 # recall@10 against exact search with default parameters (issue: hnsw >= 0.95, others >= 0.85)
@@ -322,3 +322,81 @@ def test_pq_trains_itself_once_enough_vectors_arrive(corpus):
     assert not index.is_trained
     index.add(corpus["ids"][900:1200], corpus["base"][900:1200])
     assert index.is_trained and len(index) == 1200
+
+
+CHURN_ROUNDS, CHURN_REPLACE, CHURN_DELETE = 40, 60, 40
+
+
+def churn(index, corpus, seed: int = 3) -> dict[int, int]:
+    """Many rounds of replacing vectors under existing ids, deleting, and adding new ids, as a
+    library sees under uploads; returns the live id -> row of corpus["base"] (each row held once)."""
+    rng = np.random.default_rng(seed)
+    base = corpus["base"]
+    live = {int(i): r for r, i in enumerate(corpus["ids"][:1200])}
+    free = list(range(1200, N_BASE))
+    next_id = 10**9 + 1
+    for _ in range(CHURN_ROUNDS):
+        keys = rng.choice(sorted(live), CHURN_REPLACE + CHURN_DELETE, replace=False)
+        replaced, deleted = keys[:CHURN_REPLACE], keys[CHURN_REPLACE:]
+        rng.shuffle(free)
+        rows, free = free[:CHURN_REPLACE], free[CHURN_REPLACE:]
+        free += [live[int(i)] for i in replaced]
+        index.add(replaced, base[rows])  # same ids, new vectors
+        live.update(zip(replaced.tolist(), rows))
+        index.remove(deleted)
+        free += [live.pop(int(i)) for i in deleted]
+        rows, free = free[:CHURN_DELETE], free[CHURN_DELETE:]
+        new = np.arange(next_id, next_id + CHURN_DELETE)
+        next_id += CHURN_DELETE
+        index.add(new, base[rows])
+        live.update(zip(new.tolist(), rows))
+    return live
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_recall_survives_churn(name, corpus):
+    """After many replace/delete rounds every backend answers as well as a fresh build of the same
+    vectors, compared with exact search over the live ones; no probe loses all its neighbours."""
+    params = SMALL_PARAMS.get(name, {})
+    index = create_index(name, corpus["base"].shape[1], **params)
+    index.add(corpus["ids"][:1200], corpus["base"][:1200])
+    live = churn(index, corpus)
+    ids = np.array(sorted(live), dtype=np.int64)
+    vectors = corpus["base"][[live[i] for i in ids.tolist()]]
+    assert len(index) == len(ids) and np.array_equal(index.ids(), ids)
+    probes = np.concatenate([corpus["queries"], vectors[::4]])  # unseen questions and stored passages
+    truth = ids[np.argsort(-(probes @ vectors.T), axis=1)[:, :10]]
+    fresh = create_index(name, corpus["base"].shape[1], **params)
+    fresh.add(ids, vectors)
+    per_probe = [len(set(f) & set(t)) / 10 for f, t in zip(index.search(probes, 10)[0], truth)]
+    fresh_recall = recall(fresh.search(probes, 10)[0], truth)
+    print(f"{name}: recall@10 after churn {np.mean(per_probe):.4f} (min {min(per_probe):.1f}), fresh build {fresh_recall:.4f}")
+    assert np.mean(per_probe) >= fresh_recall - 0.01
+    assert np.mean(per_probe) >= RECALL_FLOOR.get(name, 0.85)
+    assert min(per_probe) > 0
+
+
+SEARCH_PARAMS = {"flat": {}, "hnsw": {"ef_search": 128}, "ivfpq": {"nprobe": 8, "rerank": 50},
+                 "pq": {"rerank": 50}, "lsh": {"probes": 32}, "kdtree": {"rerank": 100, "eps": 0.1}}
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_tuning_and_memory_are_part_of_the_interface(name, corpus, tmp_path):
+    """set_search_params / memory_bytes / raw_search on every backend: what the ANN benchmark uses."""
+    index = build(name, corpus)
+    assert set(SEARCH_PARAMS[name]) == set(index.search_param_names)
+    index.set_search_params(**SEARCH_PARAMS[name])
+    assert {k: index.params[k] for k in SEARCH_PARAMS[name]} == SEARCH_PARAMS[name]
+    ids, _ = index.search(corpus["queries"], 10)
+    assert recall(ids, corpus["truth"]) >= 0.8
+    with pytest.raises(ValueError, match="no search parameter"):
+        index.set_search_params(bogus=1)
+    if index.search_param_names:
+        with pytest.raises(ValueError, match=index.search_param_names[0]):
+            index.set_search_params(**{index.search_param_names[0]: -1})
+    assert 0 < index.memory_bytes() < 10 * N_BASE * 4 * 384
+    index.save(tmp_path / "tuned")
+    assert {k: load_index(tmp_path / "tuned").params[k] for k in SEARCH_PARAMS[name]} == SEARCH_PARAMS[name]
+    raw = index.raw_search(corpus["queries"], 10)  # the library's own call, timed by eval/ann.py
+    if raw is not None:
+        raw()

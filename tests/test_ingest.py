@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -23,6 +24,7 @@ from rag.library import open_library
 from rag.loaders import LoadOptions
 from rag.records import SourceDocument
 from rag.search import search
+from rag.store import Store
 
 BACKEND = "hnsw" if "hnsw" in available_backends() else "flat"
 REPO = Path(__file__).resolve().parent.parent
@@ -30,11 +32,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def assert_consistent(library) -> None:
     """Every passage has its embedding and FTS row, and the vector index holds exactly the passages."""
-    counts = library.store.counts()
-    assert counts["passages"] == counts["embeddings"] == counts["fts"]
+    counts = library.integrity()
+    assert counts["passages"] == counts["embeddings"] == counts["fts"] == counts["index"]
     assert counts["passages_without_embedding"] == counts["passages_without_fts"] == 0
     assert counts["documents_without_passages"] == 0
-    assert len(library.index) == counts["passages"]
+    assert np.array_equal(library.index.ids(), library.passage_ids())
 
 
 def make_pdf(path: Path, title: str, paragraphs: list[str]) -> None:
@@ -109,19 +111,19 @@ def test_every_format_and_every_bad_file(library, tmp_path):
     assert "empty" in failures[str(bad / "empty.md")]
     assert "line 2" in failures[str(bad / "invalid.jsonl")]
     assert report.failed == 4 and report.added == 7  # txt, md, html, pdf, jsonl, json, csv
-    docs = {d.path: d for d in library.store.documents()}
+    docs = {d.path: d for d in library.documents()}
     assert len(docs) == 9  # the jsonl and csv files hold two records each
     assert docs[str(corpus / "guide.md")].title == "Sourdough guide"
     assert docs[str(corpus / "page.html")].title == "Lighthouse keepers"
-    html_text = library.store.document_text(docs[str(corpus / "page.html")].id)
+    html_text = library.document_text(docs[str(corpus / "page.html")].id)
     assert "great lens" in html_text and "Home | About" not in html_text
     assert docs[str(corpus / "report.pdf")].title == "Glacier report"
-    assert "Meltwater feeds rivers" in library.store.document_text(docs[str(corpus / "report.pdf")].id)
+    assert "Meltwater feeds rivers" in library.document_text(docs[str(corpus / "report.pdf")].id)
     q2 = docs[str(corpus / "records.jsonl") + "#q2"]
     assert q2.title == "Chess endgames" and q2.metadata == {"level": "beginner"}
-    assert library.store.document_text(q2.id) == "King and pawn endings reward opposition."
+    assert library.document_text(q2.id) == "King and pawn endings reward opposition."
     puffin = docs[str(corpus / "birds.csv") + "#1"]
-    assert library.store.document_text(puffin.id).startswith("Puffins dive")
+    assert library.document_text(puffin.id).startswith("Puffins dive")
     assert puffin.metadata == {"name": "Puffin", "habitat": "sea cliffs"}
     assert all(d.collection == "mixed" for d in docs.values())
     assert not any(".hidden" in p or p.endswith(".png") for p in docs)
@@ -165,12 +167,12 @@ def test_incremental_edit_delete_prune_rm(library, tmp_path):
     (folder / "c.txt").unlink()
     pruned = ingest_paths(library, [str(folder)], prune=True)
     assert pruned.removed == 1 and pruned.skipped == 2
-    assert str(folder / "c.txt") not in {d.path for d in library.store.documents()}
+    assert str(folder / "c.txt") not in {d.path for d in library.documents()}
     assert_consistent(library)
 
-    a = library.store.find_document(str(folder / "a.txt"))
+    a = library.find_document(str(folder / "a.txt"))
     assert len(library.remove_document(str(a.id))) == 1
-    assert [d.path for d in library.store.documents()] == [str(folder / "b.txt")]
+    assert [d.path for d in library.documents()] == [str(folder / "b.txt")]
     assert_consistent(library)
     with pytest.raises(RagError):
         library.remove_document(str(a.id))
@@ -181,8 +183,8 @@ def test_duplicate_files_are_stored_once(library, tmp_path):
         (tmp_path / name).write_text("Identical text about penguins in Antarctica.", encoding="utf-8")
     report = ingest_paths(library, [str(tmp_path / "one.txt"), str(tmp_path / "two.txt")])
     assert report.added == 2 and report.duplicates == 1 and report.passages == 1
-    two = library.store.find_document(str(tmp_path / "two.txt"))
-    assert library.store.passages_of(two.id)[0].text.startswith("Identical text")
+    two = library.find_document(str(tmp_path / "two.txt"))
+    assert library.passages_of(two.id)[0].text.startswith("Identical text")
     assert_consistent(library)
 
 
@@ -219,9 +221,9 @@ def test_ingested_passages_fit_the_window_with_title_and_special_tokens(library,
     long_title = "A very long title " * 20
     text = "\n\n".join("Paragraph %d: " % i + "lorem ipsum dolor sit amet " * 30 for i in range(8))
     ingest_documents(library, [SourceDocument(uri="long", title=long_title, text=text)])
-    doc = library.store.find_document("long")
-    full = library.store.document_text(doc.id)
-    for passage in library.store.passages_of(doc.id):
+    doc = library.find_document("long")
+    full = library.document_text(doc.id)
+    for passage in library.passages_of(doc.id):
         assert full[passage.start:passage.end] == passage.text
         n = len(encoder.tokenizer(passage.text)["input_ids"])  # with [CLS] and [SEP]
         assert n + 32 <= encoder.max_tokens  # room left for the (cut) title prefix
@@ -234,7 +236,9 @@ def test_bad_options_and_encoder_mismatch(library, tmp_path, encoder):
     with pytest.raises(RagError, match="collection"):
         ingest_paths(library, [str(tmp_path / "a.txt")], collection=" ")
     ingest_paths(library, [str(tmp_path / "a.txt")])
-    library.store.set_meta("encoder", "some-other-model")
+    other = Store(library.data_dir / "rag.db")  # another process changing the store's encoder
+    other.set_meta("encoder", "some-other-model")
+    other.close()
     with pytest.raises(RagError, match="built with encoder some-other-model"):
         open_library(library.data_dir, encoder=encoder)
 
@@ -308,8 +312,8 @@ def test_cli_ingest_search_stats_docs_rm_reindex(tmp_path, encoder):
                            input="# Pasted\n\nOrigami cranes are folded from one square sheet.")
     assert result.exit_code == 0, result.output
     lib = open_library(data, encoder=encoder)
-    assert lib.backend == "flat" and lib.store.find_document("pasted.md").title == "Pasted"
-    assert len(lib.store.documents()) == 8
+    assert lib.backend == "flat" and lib.find_document("pasted.md").title == "Pasted"
+    assert len(lib.documents()) == 8
     assert_consistent(lib)
     lib.close()
 
@@ -344,7 +348,7 @@ def test_ingest_killed_mid_run_then_resumed(tmp_path, encoder):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     lib = open_library(data, encoder=encoder)
-    killed_at = len(lib.store.documents())
+    killed_at = len(lib.documents())
     assert 5 <= killed_at < total
     assert_consistent(lib)  # the index was caught up or rebuilt from the store
     lib.close()
@@ -353,7 +357,7 @@ def test_ingest_killed_mid_run_then_resumed(tmp_path, encoder):
     assert done.returncode == 0, done.stderr
     assert f"{killed_at} skipped" in done.stdout
     lib = open_library(data, encoder=encoder)
-    assert len(lib.store.documents()) == total
+    assert len(lib.documents()) == total
     assert_consistent(lib)
     assert search(lib, "day 37 weather", k=3, mode="keyword")[0].document.path.endswith("doc037.txt")
     lib.close()

@@ -148,15 +148,15 @@ def run_cli(*args: str) -> str:
 def test_every_stored_passage_knows_its_place(data_dir, encoder):
     library = open_library(data_dir, encoder=encoder)
     try:
-        docs = {Path(d.path).name: d for d in library.store.documents()}
-        pdf = library.store.passages_of(docs["survey.pdf"].id)
+        docs = {Path(d.path).name: d for d in library.documents()}
+        pdf = library.passages_of(docs["survey.pdf"].id)
         assert len(pdf) > 2 and all(1 <= p.page <= p.last_page <= 4 for p in pdf)
         assert pdf[0].page == 1 and pdf[-1].last_page == 4
-        starts = library.store.page_starts(docs["survey.pdf"].id)
+        starts = library.page_starts(docs["survey.pdf"].id)
         assert all(p.page == page_at(p.start, starts) for p in pdf)
         assert all(p.heading is None for p in pdf)
-        assert library.store.page_starts(docs["plain.txt"].id) == []
-        assert [(p.page, p.heading) for p in library.store.passages_of(docs["plain.txt"].id)] == [(None, None)]
+        assert library.page_starts(docs["plain.txt"].id) == []
+        assert [(p.page, p.heading) for p in library.passages_of(docs["plain.txt"].id)] == [(None, None)]
 
         hit = search(library, "map lichen grows a millimetre a year", k=1)[0]
         assert hit.document.title == "Field guide" and hit.passage.heading in ("Field guide", "Lichens")
@@ -172,14 +172,14 @@ def test_headings_follow_small_passages(tmp_path, encoder, corpus):
     try:
         ingest_paths(library, [str(corpus / "field-guide.md"), str(corpus / "harbour.html")], chunk_tokens=24,
                      overlap=0)
-        docs = {Path(d.path).name: d for d in library.store.documents()}
-        text = library.store.document_text(docs["field-guide.md"].id)
-        for passage in library.store.passages_of(docs["field-guide.md"].id):
+        docs = {Path(d.path).name: d for d in library.documents()}
+        text = library.document_text(docs["field-guide.md"].id)
+        for passage in library.passages_of(docs["field-guide.md"].id):
             assert passage.heading == heading_at(passage.start, markdown_headings(text))
-        passages = library.store.passages_of(docs["field-guide.md"].id)
+        passages = library.passages_of(docs["field-guide.md"].id)
         assert next(p for p in passages if "sponge" in p.text).heading == "Mosses"
         assert next(p for p in passages if "map lichen" in p.text).heading == "Lichens"
-        diesel = next(p for p in library.store.passages_of(docs["harbour.html"].id) if "Diesel" in p.text)
+        diesel = next(p for p in library.passages_of(docs["harbour.html"].id) if "Diesel" in p.text)
         assert diesel.heading == "Fuel"
     finally:
         library.close()
@@ -294,9 +294,9 @@ def test_an_old_store_is_upgraded_in_place(tmp_path, encoder):
     try:
         assert columns(db, "passages")[-3:] == ["page", "last_page", "heading"]
         assert columns(db, "documents")[-1] == "page_starts"
-        old = library.store.passage(1)
+        old = library.passages([1])[1]
         assert old.text == note and (old.page, old.last_page, old.heading) == (None, None, None)
-        assert library.store.page_starts(1) == []
+        assert library.page_starts(1) == []
         hit = search(library, "when does the ferry leave", k=1)[0]  # the index is rebuilt from stored vectors
         assert hit.passage.id == 1 and hit.to_json()["page"] is None
 
@@ -306,7 +306,7 @@ def test_an_old_store_is_upgraded_in_place(tmp_path, encoder):
         assert ingest_paths(library, [str(pdf)]).skipped == 1  # ... once
         top = search(library, PAGED_PDF_QUERY, k=1)[0]
         assert top.document.path == str(pdf) and top.passage.page == 3
-        assert library.store.passage(1).text == note
+        assert library.passages([1])[1].text == note
     finally:
         library.close()
 

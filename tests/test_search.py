@@ -57,7 +57,7 @@ def test_every_mode_finds_the_topic(library, mode):
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
     for hit in hits:
-        full = library.store.document_text(hit.document.id)
+        full = library.document_text(hit.document.id)
         assert full[hit.passage.start:hit.passage.end] == hit.passage.text
         assert hit.document.path and hit.document.collection and hit.document.metadata["lang"] == "en"
 
@@ -157,9 +157,9 @@ def test_every_backend_rebuilt_from_stored_embeddings(library, backend):
     """`rag reindex --index X`: no re-encoding, and dense search keeps working on every backend."""
     try:
         index = library.rebuild_index(backend)
-        assert len(index) == library.store.passage_count()
+        assert len(index) == library.passage_count()
         hits = search(library, "how do volcanoes erupt magma", k=3, mode="dense")
         assert 1 <= len(hits) <= 3  # approximate backends may find fewer than k on a tiny store
-        assert {h.passage.id for h in hits} <= set(library.store.candidate_ids(None).tolist())
+        assert {h.passage.id for h in hits} <= set(library.candidate_ids(None).tolist())
     finally:
         library.rebuild_index(BACKEND)

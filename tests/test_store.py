@@ -83,7 +83,7 @@ def test_duplicate_content_is_stored_once_and_survives_removal_of_the_original(s
     assert [p.text for p in store.passages_of(two.id)] == ["Shared text about volcanoes.", "Lava and ash."]
     assert store.document_text(two.id) == text
     # removing the original hands its passages to the duplicate, keyword title included
-    assert store.remove_document("/one.txt") == []
+    assert len(store.remove_document("/one.txt").removed_ids) == 0
     assert store.counts()["passages"] == 2
     passages = store.passages_of(two.id)
     assert {p.document_id for p in passages} == {two.id}
@@ -98,8 +98,8 @@ def test_remove_by_id_and_path_and_unknown(store):
     store.write_source("/a.txt", "h1", [new_doc("/a.txt", "first")])
     store.write_source("/b.txt", "h2", [new_doc("/b.txt", "second")])
     b = store.find_document("/b.txt")
-    assert len(store.remove_document(str(b.id))) == 1
-    assert len(store.remove_document("/a.txt")) == 1
+    assert len(store.remove_document(str(b.id)).removed_ids) == 1
+    assert len(store.remove_document("/a.txt").removed_ids) == 1
     assert store.counts()["documents"] == 0
     with pytest.raises(RagError, match="no document"):
         store.remove_document("/missing.txt")
@@ -109,7 +109,7 @@ def test_multi_record_source_is_one_unit(store):
     docs = [new_doc(f"/data.jsonl#{i}", f"record {i} text", seed=i) for i in range(3)]
     store.write_source("/data.jsonl", "h1", docs)
     assert store.counts()["documents"] == 3
-    assert len(store.remove_document("/data.jsonl")) == 3
+    assert len(store.remove_document("/data.jsonl").removed_ids) == 3
     assert store.counts()["documents"] == 0
 
 

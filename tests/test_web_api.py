@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_openapi_describes_every_api_route(client):
     served = set()
     for rule in client.application.url_map.iter_rules():
         if rule.rule.startswith("/api/") or rule.rule == "/healthz":
-            path = rule.rule.replace("<int:doc_id>", "{id}")
+            path = re.sub(r"<(?:\w+:)?\w+>", "{id}", rule.rule)
             served |= {(path, m.lower()) for m in rule.methods if m not in ("HEAD", "OPTIONS")}
     assert served == described
     assert spec["components"]["schemas"]["AskRequest"]["properties"]["mode"]["enum"] == ["dense", "keyword", "hybrid"]
@@ -277,7 +278,7 @@ def test_upload_file_names_cannot_escape_the_upload_folder(writable, tmp_path):
     app, client = writable
     status, body = upload(client, [("../../escape.txt", b"Escape notes\n\nA path traversal attempt.\n"),
                                    ("..", b"dots\n")])
-    uploads = Path(app.config["DATA_DIR"]) / "uploads"
+    uploads = Path(app.config["DATA_DIR"]) / "uploads" / "default"
     assert body["files"][0]["status"] == "added"
     assert body["files"][0]["saved_as"] == "escape.txt"
     assert (uploads / "escape.txt").is_file()
@@ -302,7 +303,7 @@ def test_delete_removes_the_document_everywhere(writable):
     app, client = writable
     status, body = upload(client, [("comet.txt", b"Comet notes\n\nHalley's comet returns every 76 years.\n")])
     doc_id = body["files"][0]["document"]["id"]
-    saved = Path(app.config["DATA_DIR"]) / "uploads" / "comet.txt"
+    saved = Path(app.config["DATA_DIR"]) / "uploads" / "default" / "comet.txt"
     assert saved.is_file()
     response = client.delete(f"/api/documents/{doc_id}")
     assert response.status_code == 200
@@ -334,10 +335,32 @@ def test_write_endpoints_need_the_bearer_token_when_one_is_set(tmp_path, encoder
     assert client.delete(f"/api/documents/{doc_id}").status_code == 401
     authorized = {"Authorization": "Bearer s3cret-token"}
     assert client.delete(f"/api/documents/{doc_id}", headers=authorized).status_code == 200
-    # reads stay open, from any host name, once a token protects the writes
-    assert client.get("/api/search?q=lighthouse", headers={"Host": "rag.example.org"}).status_code == 200
+    # on a loopback bind the token does not switch the Host check off (a DNS-rebinding page could read)
+    assert client.get("/api/search?q=lighthouse").status_code == 200
+    response = client.get("/api/search?q=lighthouse", headers={"Host": "rag.example.org"})
+    assert response.status_code == 403 and "Host" in response.get_json()["error"]
+    assert client.get("/api/documents", headers={"Host": "rebound.example:8000", **authorized}).status_code == 403
     page = client.get("/").get_data(as_text=True)
     assert 'data-auth-required="true"' in page and "s3cret-token" not in page
+
+
+def test_beyond_loopback_reads_need_the_token_too(tmp_path, encoder):
+    data = make_library(tmp_path, encoder)
+    app = create_app({"DATA_DIR": str(data), "ENCODER_OBJECT": encoder, "API_TOKEN": "s3cret-token",
+                      "BIND_HOST": "0.0.0.0"})
+    client = app.test_client()
+    host = {"Host": "rag.example.org"}
+    authorized = {"Authorization": "Bearer s3cret-token", **host}
+    for path in ("/api/search?q=lighthouse", "/api/stats", "/api/documents", "/api/documents/1", "/documents/1"):
+        response = client.get(path, headers=host)
+        assert response.status_code == 401, path
+        assert client.get(path, headers={"Authorization": "Bearer wrong", **host}).status_code == 401
+        assert client.get(path, headers=authorized).status_code == 200, path
+    response = client.post("/api/ask", json={"question": "Who designed the lighthouse?"}, headers=host)
+    assert response.status_code == 401
+    for path in ("/healthz", "/api/openapi.json", "/", "/static/app.js"):  # nothing of the library's
+        assert client.get(path, headers=host).status_code == 200, path
+    assert "Skerryvore" not in client.get("/", headers=host).get_data(as_text=True)
 
 
 def test_without_a_token_only_loopback_host_names_are_answered(client):

@@ -3,8 +3,10 @@
     app = create_app({"DATA_DIR": "rag-data"})   # then serve it: `rag serve` (waitress)
 
 Configuration comes from the argument, then the environment (RAG_DATA, RAG_API_TOKEN), never globals.
-Keys: DATA_DIR, API_TOKEN, MAX_CONTENT_LENGTH (upload limit, bytes), GENERATOR (engine name),
-GENERATOR_OPTIONS, ENCODER_MODEL, BACKEND, ALLOWED_HOSTS (extra Host names without a token),
+Keys: DATA_DIR, API_TOKEN, MAX_CONTENT_LENGTH (upload limit, bytes), MAX_UPLOAD_FILES (per request),
+MAX_UPLOAD_PASSAGES (per file), GENERATOR (engine name),
+GENERATOR_OPTIONS, ENCODER_MODEL, BACKEND, ALLOWED_HOSTS (extra Host names on a loopback bind),
+BIND_HOST (the address served: beyond loopback every data request needs the token),
 LIBRARY / ENCODER_OBJECT / GENERATOR_OBJECT (already loaded objects to share, e.g. in tests).
 """
 from __future__ import annotations
@@ -17,6 +19,8 @@ from flask import Flask
 from rag.config import data_dir
 
 DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_FILES = 100  # files in one upload request
+DEFAULT_MAX_UPLOAD_PASSAGES = 20_000  # passages one uploaded file may make (a 50 MB text makes ~40,000)
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -31,8 +35,11 @@ def create_app(config: dict | None = None) -> Flask:
         DATA_DIR=None,
         API_TOKEN=os.environ.get("RAG_API_TOKEN") or None,
         MAX_CONTENT_LENGTH=DEFAULT_MAX_UPLOAD,
+        MAX_UPLOAD_FILES=DEFAULT_MAX_UPLOAD_FILES,
+        MAX_UPLOAD_PASSAGES=DEFAULT_MAX_UPLOAD_PASSAGES,
         GENERATOR="local",
         ALLOWED_HOSTS=(),
+        BIND_HOST="127.0.0.1",
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})

@@ -1,16 +1,16 @@
 """The JSON API: search, ask (plain or streamed as server-sent events), documents, stats, health.
 
-Shapes follow the CLI's --json output (Hit.to_json, Answer.to_json); passages also carry the query
-terms they contain (``matched_terms``) so a page can mark them. Every error is ``{"error": message}``
-with a 4xx status (see web/errors.py).
+Requests and shapes follow rag.contract, the rules the CLI reads too: /api/search returns exactly
+what `rag search --json` prints, /api/ask what `rag ask --json` prints. Every error is
+``{"error": message}`` with a 4xx status (see web/errors.py).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import queue
-import re
 import threading
 import uuid
 from pathlib import Path
@@ -19,9 +19,10 @@ from typing import Any, Iterator
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.utils import secure_filename
 
+from rag.contract import (ASK_K, SEARCH_K, KRange, answer_json, check_mode, check_query, check_reader,
+                          document_json, parse_document_id, parse_where, passage_json, search_json)
 from rag.errors import RagError
-from rag.records import Answer, Hit
-from rag.snippets import _stem, query_terms  # one marking rule for the CLI and the page
+from rag.records import Answer
 from web.errors import ApiError
 from web.openapi import openapi_document
 from web.security import write_endpoint
@@ -29,82 +30,16 @@ from web.security import write_endpoint
 bp = Blueprint("api", __name__)
 log = logging.getLogger("web")
 
-MAX_K = 100
-MAX_QUERY_CHARS = 2000
 MAX_LIST = 1000
-DEFAULT_SEARCH_K = 10
-DEFAULT_ASK_K = 5
-DEFAULT_MODE = "hybrid"
 UPLOAD_DIRNAME = "uploads"
+LIST_LIMIT = KRange(default=100, most=MAX_LIST)
 
 
 def resources():
     return current_app.extensions["rag"]
 
 
-# --- input checks (the edge: every field is validated here, with its name in the message) ------
-
-def modes() -> tuple[str, ...]:
-    from rag.search import MODES
-
-    return tuple(MODES)
-
-
-def default_reader() -> str:
-    from rag.readers import DEFAULT_READER
-
-    return DEFAULT_READER
-
-
-def readers() -> tuple[str, ...]:
-    from rag.readers import READERS
-
-    return tuple(READERS)
-
-
-def parse_query(value: Any, field: str) -> str:
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise ApiError(400, f"'{field}' must be a string")
-    value = value.strip()
-    if not value:
-        raise ApiError(400, f"'{field}' is empty: type a query")
-    if len(value) > MAX_QUERY_CHARS:
-        raise ApiError(400, f"'{field}' is too long ({len(value)} characters; at most {MAX_QUERY_CHARS})")
-    return value
-
-
-def ask_max_k() -> int:
-    from rag.answer import MAX_K as ANSWER_MAX_K
-
-    return min(MAX_K, ANSWER_MAX_K)
-
-
-def parse_k(value: Any, default: int, most: int = MAX_K) -> int:
-    if value is None or value == "":
-        return default
-    problem = f"'k' must be an integer from 1 to {most}, not {value!r}"
-    if isinstance(value, bool):
-        raise ApiError(400, problem)
-    try:
-        k = int(value)
-        if isinstance(value, float) and value != k:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ApiError(400, problem) from None
-    if not 1 <= k <= most:
-        raise ApiError(400, problem)
-    return k
-
-
-def parse_choice(value: Any, field: str, choices: tuple[str, ...], default: str) -> str:
-    if value is None or value == "":
-        return default
-    if value not in choices:
-        raise ApiError(400, f"unknown {field} {value!r}: choose one of {', '.join(choices)}")
-    return value
-
+# --- input checks: the rules live in rag.contract; here they meet the request ---------------------
 
 def parse_bool(value: Any, field: str) -> bool:
     if value is None:
@@ -116,58 +51,27 @@ def parse_bool(value: Any, field: str) -> bool:
     raise ApiError(400, f"'{field}' must be true or false, not {value!r}")
 
 
-def parse_where(values: list[str] | str | dict | None) -> dict[str, str] | None:
-    """FIELD=VALUE filters (collection=NAME, path=GLOB, title=GLOB, id=N or a metadata field)."""
-    if not values:
-        return None
-    if isinstance(values, dict):
-        items = [f"{k}={v}" for k, v in values.items()]
-    elif isinstance(values, str):
-        items = [values]
-    elif isinstance(values, list) and all(isinstance(v, str) for v in values):
-        items = values
-    else:
-        raise ApiError(400, "'where' must be FIELD=VALUE, a list of them, or an object")
-    where: dict[str, str] = {}
-    for item in items:
-        for part in item.split("&") if "&" in item else [item]:
-            field, sep, value = part.partition("=")
-            if not sep or not field.strip():
-                raise ApiError(400, f"bad 'where' filter {part!r}: use FIELD=VALUE, e.g. collection=notes")
-            where[field.strip()] = value.strip()
-    return where
+def parse_offset(value: Any) -> int:
+    if value is None or value == "":
+        return 0
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise ApiError(400, f"'offset' must be a whole number from 0, not {value!r}")
+    return int(value)
 
 
 def json_body() -> dict:
     if not request.is_json:
         raise ApiError(415, "send the request body as JSON (Content-Type: application/json)")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
 
 
-# --- shapes ---------------------------------------------------------------------------------------
-
-def matched_terms(query: str, text: str) -> list[str]:
-    """The query's words found in the text: a word matches when it starts with the term's stem,
-    the rule the CLI marks snippets by (rag.snippets), as one regex search per term."""
-    lowered = text.lower()
-    return [term for term in query_terms(query) if re.search(r"(?<!\w)" + re.escape(_stem(term)), lowered)]
-
-
-def hit_json(hit: Hit, query: str) -> dict:
-    data = hit.to_json()
-    data["matched_terms"] = matched_terms(query, hit.passage.text)
-    data["document"]["collection"] = hit.document.collection
-    return data
-
-
-def answer_json(answer: Answer) -> dict:
-    data = answer.to_json()
-    data["passages"] = [hit_json(h, answer.question) for h in answer.passages]
-    return data
-
+# --- shapes (rag.contract holds them; stats adds the server's own status) ----------------------
 
 def stats_json() -> dict:
     res = resources()
@@ -197,7 +101,7 @@ def api_stats():
 
 @bp.get("/api/openapi.json")
 def openapi():
-    return openapi_document(modes(), readers(), MAX_K, ask_max_k())
+    return openapi_document()
 
 
 # --- search and ask -------------------------------------------------------------------------------
@@ -206,12 +110,11 @@ def openapi():
 def api_search():
     from rag.search import search
 
-    q = parse_query(request.args.get("q"), "q")
-    k = parse_k(request.args.get("k"), DEFAULT_SEARCH_K)
-    mode = parse_choice(request.args.get("mode"), "mode", modes(), DEFAULT_MODE)
+    q = check_query(request.args.get("q"), "q")
+    k = SEARCH_K.parse(request.args.get("k"))
+    mode = check_mode(request.args.get("mode"))
     where = parse_where(request.args.getlist("where"))
-    hits = search(resources().library, q, k=k, mode=mode, where=where)
-    return {"query": q, "mode": mode, "results": [hit_json(h, q) for h in hits]}
+    return search_json(q, mode, search(resources().library, q, k=k, mode=mode, where=where))
 
 
 class AskCancelled(Exception):
@@ -221,7 +124,6 @@ class AskCancelled(Exception):
 def _ask(params: dict, on_token=None, on_status=None) -> Answer:
     """Load the generator if needed, then answer one question (one generation at a time)."""
     from rag.answer import ask
-
     from rag.readers import NEEDS_GENERATOR
 
     res = resources()
@@ -293,11 +195,11 @@ def _stream_answer(app, params: dict) -> Iterator[str]:
 def api_ask():
     body = json_body()
     params = {
-        "question": parse_query(body.get("question"), "question"),
-        "k": parse_k(body.get("k"), DEFAULT_ASK_K, ask_max_k()),
-        "mode": parse_choice(body.get("mode"), "mode", modes(), DEFAULT_MODE),
+        "question": check_query(body.get("question"), "question"),
+        "k": ASK_K.parse(body.get("k")),
+        "mode": check_mode(body.get("mode")),
         "hyde": parse_bool(body.get("hyde"), "hyde"),
-        "reader": parse_choice(body.get("reader"), "reader", readers(), default_reader()),
+        "reader": check_reader(body.get("reader")),
         "where": parse_where(body.get("where")),
     }
     if request.accept_mimetypes.best == "text/event-stream" or body.get("stream") is True:
@@ -309,91 +211,118 @@ def api_ask():
 
 # --- documents ------------------------------------------------------------------------------------
 
-def _document(doc_id: int):
+def _document(raw_id: str):
+    """The document a URL names; anything else (not ASCII digits, beyond 2^63 - 1, gone) is a 404."""
     try:
-        return resources().library.store.document(doc_id)
+        return resources().library.document(parse_document_id(raw_id))
     except RagError as exc:
         raise ApiError(404, str(exc)) from exc
 
 
 @bp.get("/api/documents")
 def list_documents():
-    try:
-        limit = int(request.args.get("limit") or 100)
-        offset = int(request.args.get("offset") or 0)
-    except ValueError:
-        raise ApiError(400, "'limit' and 'offset' must be whole numbers") from None
-    if not 1 <= limit <= MAX_LIST or offset < 0:
-        raise ApiError(400, f"'limit' must be from 1 to {MAX_LIST} and 'offset' at least 0")
+    limit = LIST_LIMIT.parse(request.args.get("limit"), "limit")
+    offset = parse_offset(request.args.get("offset"))
     collection = request.args.get("collection") or None
-    docs = resources().library.store.documents(collection=collection)
+    library = resources().library
+    docs = library.documents(collection=collection)
+    counts = library.passage_counts()
     page = docs[offset:offset + limit]
     return {"total": len(docs), "offset": offset,
-            "documents": [dict(d.to_json(), collection=d.collection, size=d.size, ingested_at=d.ingested_at)
-                          for d in page]}
+            "documents": [document_json(d, counts.get(d.id, 0)) for d in page]}
 
 
-@bp.get("/api/documents/<int:doc_id>")
-def get_document(doc_id: int):
-    store = resources().library.store
+@bp.get("/api/documents/<doc_id>")
+def get_document(doc_id: str):
+    library = resources().library
     doc = _document(doc_id)
-    passages = store.passages_of(doc_id)
+    passages = library.passages_of(doc.id)
     return {
-        "document": dict(doc.to_json(), collection=doc.collection, size=doc.size, mtime=doc.mtime,
-                         metadata=doc.metadata, ingested_at=doc.ingested_at),
-        "text": store.document_text(doc_id),
-        "page_starts": store.page_starts(doc_id),
-        "passages": [{"id": p.id, "order": p.order, "start": p.start, "end": p.end, **p.location_json()}
-                     for p in passages],
+        "document": document_json(doc, len(passages)),
+        "text": library.document_text(doc.id),
+        "page_starts": library.page_starts(doc.id),
+        "passages": [passage_json(p) for p in passages],
     }
 
 
-def upload_dir() -> Path:
-    path = Path(resources().data_dir) / UPLOAD_DIRNAME
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def upload_root() -> Path:
+    return Path(resources().data_dir) / UPLOAD_DIRNAME
+
+
+def upload_name(original: str) -> str:
+    """A safe file name for an upload. When making it safe changed the name ('my notes.txt' ->
+    'my_notes.txt'), a short hash of the original is added, so two names that flatten alike
+    ('my notes.txt', 'my_notes.txt') never replace each other; the same name maps to the same file."""
+    base = os.path.basename(original.replace("\\", "/"))
+    name = secure_filename(base)
+    if name and name != base:
+        stem, suffix = os.path.splitext(name)
+        name = f"{stem}-{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}{suffix}"
+    return name
 
 
 def _collection_name(value: str | None) -> str:
     name = (value or "default").strip() or "default"
-    if len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name):
+    if len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name) or not name.strip("."):
         raise ApiError(400, f"bad 'collection' {name!r}: use letters, digits, '-', '_' or '.'")
     return name
 
 
 def _ingest_upload(storage, collection: str) -> dict:
-    """Save one uploaded file under a safe name in the upload folder and ingest it like the CLI does."""
+    """Save one uploaded file under a safe name in <data>/uploads/<collection>/ and ingest it like
+    the CLI does. A file that fails leaves nothing behind (a replaced file comes back)."""
     from rag.ingest import ingest_paths
 
     original = storage.filename or ""
-    name = secure_filename(os.path.basename(original.replace("\\", "/")))
+    name = upload_name(original)
     result: dict[str, Any] = {"file": original, "saved_as": name}
     if not name:
         return dict(result, status="failed", reason="the file name is empty or unusable")
-    folder = upload_dir()
+    folder = upload_root() / collection
+    folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
     partial = folder / f".{uuid.uuid4().hex}.part"
+    previous = folder / f".{uuid.uuid4().hex}.previous"
     try:
         storage.save(str(partial))
+        if target.exists():
+            os.replace(target, previous)
         os.replace(partial, target)
     except OSError as exc:
         partial.unlink(missing_ok=True)
+        if previous.exists():
+            os.replace(previous, target)
         return dict(result, status="failed", reason=f"cannot save the upload: {exc.strerror or exc}")
-    report = ingest_paths(resources().library, [str(target)], collection=collection)
+    try:
+        report = ingest_paths(resources().library, [str(target)], collection=collection,
+                              max_passages=current_app.config["MAX_UPLOAD_PASSAGES"])
+    except BaseException:
+        _restore(target, previous)
+        raise
     if report.failed:
+        _restore(target, previous)
         reasons = "; ".join(reason for _, reason in report.failures) or "ingestion failed"
         return dict(result, status="failed", reason=reasons)
+    previous.unlink(missing_ok=True)
     status = "added" if report.added else "updated" if report.updated else "skipped"
     try:
-        doc = resources().library.store.find_document(str(target))
+        doc = resources().library.find_document(str(target))
     except RagError:
         doc = None
     if doc is not None:
         result["document"] = doc.to_json()
-        result["passages"] = len(resources().library.store.passages_of(doc.id))
+        result["passages"] = len(resources().library.passages_of(doc.id))
     if status == "skipped":
         result["reason"] = "unchanged: already in the library"
     return dict(result, status=status)
+
+
+def _restore(target: Path, previous: Path) -> None:
+    """Undo a failed upload on disk: the file that was there before, or nothing."""
+    if previous.exists():
+        os.replace(previous, target)
+    else:
+        target.unlink(missing_ok=True)
 
 
 @bp.post("/api/documents")
@@ -402,13 +331,14 @@ def upload_documents():
     files = request.files.getlist("file")
     if not files:
         raise ApiError(400, "no file in the multipart field 'file'")
+    most = current_app.config["MAX_UPLOAD_FILES"]
+    if len(files) > most:
+        raise ApiError(413, f"too many files: {len(files)} in one request (the limit is {most} files per "
+                            "request; send them in several)")
     collection = _collection_name(request.form.get("collection"))
     res = resources()
     with res.write_lock:
-        try:
-            results = [_ingest_upload(f, collection) for f in files]
-        finally:
-            res.wrote()
+        results = [_ingest_upload(f, collection) for f in files]
     counts = {s: sum(r["status"] == s for r in results) for s in ("added", "updated", "skipped", "failed")}
     body = dict(counts, files=results)
     if counts["failed"] == len(results):
@@ -417,18 +347,14 @@ def upload_documents():
     return jsonify(body), 200
 
 
-@bp.delete("/api/documents/<int:doc_id>")
+@bp.delete("/api/documents/<doc_id>")
 @write_endpoint
-def delete_document(doc_id: int):
+def delete_document(doc_id: str):
     res = resources()
     with res.write_lock:
         doc = _document(doc_id)
-        try:
-            res.library.remove_document(doc_id)
-        finally:
-            res.wrote()
+        res.library.remove_document(doc.id)
         uploaded = Path(doc.path)
-        folder = upload_dir().resolve()
-        if uploaded.parent.resolve() == folder and uploaded.is_file():
+        if uploaded.is_file() and uploaded.resolve().is_relative_to(upload_root().resolve()):
             uploaded.unlink()  # so the file is not ingested again from the upload folder
     return {"deleted": doc.to_json()}

@@ -45,8 +45,9 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException):
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
-            mb = f"{limit / 1e6:.0f} MB" if limit else "the limit"
-            return error_response(413, f"upload too large: the request body may be at most {mb}")
+            size = (f"{limit / 1e6:.0f} MB" if limit >= 1e6 else f"{limit:,} bytes") if limit else "the limit"
+            return error_response(413, f"upload too large: the request body may be at most {size} "
+                                       "(MAX_CONTENT_LENGTH)")
         if not _wants_json():
             return exc
         return error_response(exc.code or 500, exc.description or exc.name)

@@ -1,5 +1,8 @@
-"""The OpenAPI 3 description of the JSON API, served at /api/openapi.json."""
+"""The OpenAPI 3 description of the JSON API, served at /api/openapi.json; its modes, readers and
+limits come from rag.contract, the same rules the API checks and the CLI offers."""
 from __future__ import annotations
+
+from rag.contract import ASK_K, DEFAULT_MODE, DEFAULT_READER, MAX_ID, MAX_QUERY_CHARS, MODES, SEARCH_K, readers
 
 
 def _error(description: str) -> dict:
@@ -12,16 +15,20 @@ def _ok(description: str, schema: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
 
-def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: int, ask_max_k: int) -> dict:
+def openapi_document() -> dict:
     """The description, with the live lists of modes and readers and the limits on k."""
-    from rag.readers import DEFAULT_READER as default_reader
+    from web.api import LIST_LIMIT
 
-    k_schema = {"type": "integer", "minimum": 1, "maximum": max_k}
+    modes = MODES
+    k_schema = {"type": "integer", "minimum": 1, "maximum": SEARCH_K.most}
+    query_schema = {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}
     document_ref = {"type": "object", "required": ["id", "path", "title"], "properties": {
         "id": {"type": "integer"}, "path": {"type": "string"}, "title": {"type": "string"},
         "collection": {"type": "string"}}}
-    hit = {"type": "object", "required": ["rank", "score", "passage_id", "text", "document", "page", "last_page",
-                                          "heading"], "properties": {
+    document = {"type": "object", "required": ["id", "path", "title", "collection"], "properties": {
+        **document_ref["properties"], "size": {"type": "integer"}, "mtime": {"type": "number", "nullable": True},
+        "metadata": {"type": "object"}, "ingested_at": {"type": "string"}, "passages": {"type": "integer"}}}
+    hit = {"type": "object", "required": ["rank", "score", "passage_id", "text", "document"], "properties": {
         "rank": {"type": "integer"}, "score": {"type": "number"}, "passage_id": {"type": "integer"},
         "text": {"type": "string"}, "document": {"$ref": "#/components/schemas/DocumentRef"},
         "matched_terms": {"type": "array", "items": {"type": "string"},
@@ -57,10 +64,10 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
             "/api/search": {"get": {
                 "summary": "Rank passages for a query", "operationId": "search",
                 "parameters": [
-                    {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
-                    {"name": "k", "in": "query", "schema": dict(k_schema, default=10)},
+                    {"name": "q", "in": "query", "required": True, "schema": query_schema},
+                    {"name": "k", "in": "query", "schema": dict(k_schema, default=SEARCH_K.default)},
                     {"name": "mode", "in": "query", "schema": {"type": "string", "enum": list(modes),
-                                                               "default": "hybrid"}},
+                                                               "default": DEFAULT_MODE}},
                     {"name": "where", "in": "query", "style": "form", "explode": True,
                      "description": "FIELD=VALUE filter applied before top-k: collection=NAME, path=GLOB, "
                                     "title=GLOB, id=N or a metadata field; repeat for several",
@@ -88,7 +95,8 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                     "summary": "List documents", "operationId": "listDocuments",
                     "parameters": [
                         {"name": "limit", "in": "query",
-                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                         "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT.most,
+                                    "default": LIST_LIMIT.default}},
                         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                         {"name": "collection", "in": "query", "schema": {"type": "string"}}],
                     "responses": {"200": _ok("a page of documents", "DocumentList")}},
@@ -108,7 +116,8 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                                   "422": _error("no file could be ingested (the body also has the per-file results)")}},
             },
             "/api/documents/{id}": {
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}],
                 "get": {
                     "summary": "A document's text and its passages' character offsets",
                     "operationId": "getDocument",
@@ -133,16 +142,17 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}},
                 "DocumentRef": document_ref,
+                "Document": document,
                 "Hit": hit,
                 "SearchResult": {"type": "object", "required": ["query", "mode", "results"], "properties": {
                     "query": {"type": "string"}, "mode": {"type": "string"},
                     "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
                 "AskRequest": {"type": "object", "required": ["question"], "properties": {
-                    "question": {"type": "string", "minLength": 1},
-                    "k": dict(k_schema, maximum=ask_max_k, default=5),
-                    "mode": {"type": "string", "enum": list(modes), "default": "hybrid"},
+                    "question": query_schema,
+                    "k": dict(k_schema, maximum=ASK_K.most, default=ASK_K.default),
+                    "mode": {"type": "string", "enum": list(modes), "default": DEFAULT_MODE},
                     "hyde": {"type": "boolean", "default": False},
-                    "reader": {"type": "string", "enum": list(readers), "default": default_reader},
+                    "reader": {"type": "string", "enum": list(readers()), "default": DEFAULT_READER},
                     "where": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                         {"type": "object", "additionalProperties": {"type": "string"}}]},
                     "stream": {"type": "boolean", "description": "same as Accept: text/event-stream"}}},
@@ -170,9 +180,9 @@ def openapi_document(modes: tuple[str, ...], readers: tuple[str, ...], max_k: in
                               "message": {"type": "string", "description": "what to do when something is missing"}}},
                 "DocumentList": {"type": "object", "properties": {
                     "total": {"type": "integer"}, "offset": {"type": "integer"},
-                    "documents": {"type": "array", "items": {"$ref": "#/components/schemas/DocumentRef"}}}},
+                    "documents": {"type": "array", "items": {"$ref": "#/components/schemas/Document"}}}},
                 "DocumentText": {"type": "object", "required": ["document", "text", "passages"], "properties": {
-                    "document": {"$ref": "#/components/schemas/DocumentRef"},
+                    "document": {"$ref": "#/components/schemas/Document"},
                     "text": {"type": "string"},
                     "page_starts": {"type": "array", "items": {"type": "integer"},
                                     "description": "PDF: character offset into text where page n starts, "

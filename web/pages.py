@@ -12,11 +12,20 @@ bp = Blueprint("pages", __name__)
 
 @bp.get("/")
 def index():
-    from web.api import DEFAULT_MODE, MAX_K, default_reader, modes, readers, stats_json
+    from rag.contract import DEFAULT_MODE, DEFAULT_READER, MODES, SEARCH_K, readers
+    from web.api import stats_json
+    from web.server import is_loopback
 
+    if is_loopback(current_app.config["BIND_HOST"]):
+        stats = stats_json()
+    else:  # the page is public beyond loopback; the library's figures come with the token (app.js)
+        stats = {"documents": "–", "passages": "–", "backend": "", "encoder": "", "message":
+                 "Enter the API token below to search this library.",
+                 "generator": {"state": "lazy", "message": ""}}
     return render_template(
-        "index.html", stats=stats_json(), modes=modes(), readers=readers(), default_reader=default_reader(), default_mode=DEFAULT_MODE,
-        max_k=MAX_K, q=request.args.get("q", ""), auth_required=bool(current_app.config["API_TOKEN"]),
+        "index.html", stats=stats, modes=MODES, readers=readers(), default_reader=DEFAULT_READER,
+        default_mode=DEFAULT_MODE,
+        max_k=SEARCH_K.most, q=request.args.get("q", ""), auth_required=bool(current_app.config["API_TOKEN"]),
     )
 
 
@@ -39,20 +48,22 @@ def document_pieces(text: str, page_starts: list[int], passage: Passage | None) 
     return pieces
 
 
-@bp.get("/documents/<int:doc_id>")
-def document(doc_id: int):
+@bp.get("/documents/<doc_id>")
+def document(doc_id: str):
     """The whole document, PDF page markers in it; ?passage=ID highlights that passage by its
     character offsets (link with #highlight), ?page=N names the page (link with #page-N)."""
-    store = current_app.extensions["rag"].library.store
+    from rag.contract import parse_document_id
+
+    library = current_app.extensions["rag"].library
     try:
-        doc = store.document(doc_id)
-        text = store.document_text(doc_id)
-        passages = store.passages_of(doc_id)
-        page_starts = store.page_starts(doc_id)
+        doc = library.document(parse_document_id(doc_id))
+        text = library.document_text(doc.id)
+        passages = library.passages_of(doc.id)
+        page_starts = library.page_starts(doc.id)
     except RagError:
         abort(404)
     passage = None
-    wanted = request.args.get("passage", type=int)
+    wanted = request.args.get("passage", type=int)  # compared with this page's ids only
     if wanted is not None:
         passage = next((p for p in passages if p.id == wanted), None)
     page = request.args.get("page", type=int)

@@ -3,7 +3,7 @@
 The library (store, encoder, vector index) is opened on first use and is safe for concurrent
 searches. The generator is loaded lazily on the first Ask, so searching works without it; one
 answer is generated at a time because the model already uses every core. Uploads and deletes
-take a write lock so the store and the index change one request at a time.
+take a write lock so they change the library one request at a time.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ class Resources:
         self.generator_options = dict(config.get("GENERATOR_OPTIONS") or {})
         self._encoder = config.get("ENCODER_OBJECT")
         self._library = config.get("LIBRARY")
-        self._generation = self._library.store.generation() if self._library is not None else -1
         self._generator = config.get("GENERATOR_OBJECT")
         self.generator_error: str | None = None
         self.generator_loading = False
@@ -33,33 +32,16 @@ class Resources:
 
     @property
     def library(self):
-        """The shared Library, opened on first use, reopened when another process changed the store.
-
-        A `rag ingest` or `rag rm` run while the server is up writes the database, which the server
-        sees at once, but not this process's in-memory vector index. Each store write bumps the
-        store's generation; when it moves without one of our own writes, the library is reopened,
-        which catches the index up from the stored embeddings. Requests already running keep the old one.
-        """
-        library = self._library
-        if library is None or (not self.write_lock.locked() and library.store.generation() != self._generation):
+        """The shared Library, opened on first use. It keeps its index in step with the store itself,
+        including writes by another process (a `rag ingest` or `rag rm` while the server is up)."""
+        if self._library is None:
             with self._open_lock:
-                if self._library is library:
-                    self._library = self._open(library)
+                if self._library is None:
+                    from rag.library import open_library
+
+                    self._library = open_library(data=self.data_dir, model=self.model, backend=self.backend,
+                                                 encoder=self._encoder)
         return self._library
-
-    def _open(self, previous):
-        from rag.library import open_library
-
-        encoder = self._encoder or getattr(previous, "_encoder", None)
-        library = open_library(data=self.data_dir, model=self.model, backend=self.backend, encoder=encoder)
-        if previous is not None:
-            library.index  # noqa: B018 - catch the index up now, once, rather than in a search
-        self._generation = library.store.generation()
-        return library
-
-    def wrote(self) -> None:
-        """Call after our own write (under write_lock): the library already follows it."""
-        self._generation = self._library.store.generation()
 
     def preload(self) -> None:
         """Load the encoder and index now, so the first search does not pay for it."""

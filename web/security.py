@@ -1,9 +1,10 @@
 """Who may call what: the Host check, the bearer token for writes, and CSRF protection for the page.
 
 The approach:
-- Without RAG_API_TOKEN the server only listens on loopback (see web/server.py) and answers only
-  requests whose Host header is a loopback name, so a web page elsewhere cannot reach it through
-  DNS rebinding.
+- Without RAG_API_TOKEN the server only listens on loopback (see web/server.py). On loopback, token
+  or not, it answers only requests whose Host header is a loopback name, so a web page elsewhere
+  cannot reach it through DNS rebinding. Beyond loopback every request for library data (search,
+  ask, documents, stats) needs the token too.
 - Write endpoints (upload, delete) then refuse any browser request whose Origin is not this server,
   and browser requests (those with an Origin or Sec-Fetch-Site header) must also carry the page's
   CSRF token in the X-CSRF-Token header. A custom header cannot be sent cross-origin without a CORS
@@ -22,27 +23,42 @@ from web.errors import ApiError
 from web.server import is_loopback
 
 
+# Served without the token even beyond loopback: they hold no library data.
+PUBLIC_PATHS = ("/healthz", "/api/openapi.json", "/")
+
+
 def check_host() -> None:
-    """Before every request: without an API token, answer loopback Host names only."""
-    if current_app.config["API_TOKEN"]:
+    """Before every request. On a loopback bind (token or not) only loopback Host names are
+    answered, so a page elsewhere cannot reach the server through DNS rebinding; beyond loopback
+    (which needs RAG_API_TOKEN) every read needs the token too, not only writes."""
+    if not is_loopback(current_app.config["BIND_HOST"]):
+        if request.path not in PUBLIC_PATHS and not request.path.startswith("/static/"):
+            check_token(current_app.config["API_TOKEN"])
         return
     host = request.host
     if is_loopback(host) or host.split(":")[0] in current_app.config["ALLOWED_HOSTS"]:
         return
-    raise ApiError(403, f"unexpected Host header {host!r}: without RAG_API_TOKEN this server answers "
+    raise ApiError(403, f"unexpected Host header {host!r}: this server listens on loopback and answers "
                         "loopback names only (localhost, 127.0.0.1, [::1])")
+
+
+def check_token(token: str | None) -> None:
+    """``Authorization: Bearer <token>``, compared in constant time."""
+    if not token:
+        raise ApiError(403, "this server listens beyond loopback without RAG_API_TOKEN; set it and restart")
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not value:
+        raise ApiError(401, "this endpoint needs 'Authorization: Bearer <token>' (RAG_API_TOKEN is set)")
+    if not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise ApiError(401, "wrong API token")
 
 
 def check_write_allowed() -> None:
     """The bearer token when one is configured; otherwise same-origin plus the CSRF token for browsers."""
     token = current_app.config["API_TOKEN"]
     if token:
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            raise ApiError(401, "this endpoint needs 'Authorization: Bearer <token>' (RAG_API_TOKEN is set)")
-        if not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise ApiError(401, "wrong API token")
+        check_token(token)
         return
     origin = request.headers.get("Origin")
     if origin is not None and origin.rstrip("/") != request.host_url.rstrip("/"):

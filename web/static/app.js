@@ -20,11 +20,15 @@ function el(tag, attrs = {}, ...children) {
 
 // --- talking to the API -----------------------------------------------------------------------
 
-function writeHeaders() {
-  const headers = { "X-CSRF-Token": csrfToken };
+// The API token, when the server asks for one: every request beyond loopback needs it, writes always.
+function authHeaders(headers = {}) {
   const token = $("api-token").value || sessionStorage.getItem("rag-api-token");
   if (token) headers["Authorization"] = "Bearer " + token;
   return headers;
+}
+
+function writeHeaders() {
+  return authHeaders({ "X-CSRF-Token": csrfToken });
 }
 
 async function errorMessage(response) {
@@ -36,7 +40,7 @@ async function errorMessage(response) {
 }
 
 async function getJSON(url) {
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  const response = await fetch(url, { headers: authHeaders({ Accept: "application/json" }) });
   if (!response.ok) throw new Error(await errorMessage(response));
   return response.json();
 }
@@ -281,7 +285,7 @@ async function runAsk() {
     if (o.where) body.where = o.where;
     const response = await fetch("/api/ask", {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
       body: JSON.stringify(body),
     });
     if (!response.ok) throw new Error(await errorMessage(response));
