@@ -19,6 +19,7 @@ back to the extractive answer.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -155,7 +156,7 @@ def copy_sources(question: str, texts: list[str], tokenizer):
         if not first:
             return -ECHO_PENALTY if starts_word and echo[word] else 0.0
         if not starts_word:
-            return -3.0
+            return -math.inf  # an answer starts at a word: never the tail of "1930" or "Panthers"
         text = words[word][0]
         value = 0.0
         if echo[word] or text.lower() in STOP_WORDS:
@@ -170,7 +171,7 @@ def copy_sources(question: str, texts: list[str], tokenizer):
         return max(position_score(i, j - 1, first) for i, j in states)
 
     def stop_prior(states: list[tuple[int, int]]) -> float:
-        best = 0.0
+        best = -math.inf  # an answer ends at a word's end: never "19" out of "1930"
         for i, j in states:
             table = tables[i][3]
             if j >= len(table):
@@ -178,8 +179,8 @@ def copy_sources(question: str, texts: list[str], tokenizer):
             word, starts_word, punctuation = table[j]
             if punctuation:
                 best = max(best, 0.5)
-            elif starts_word and tables[i][1][word]:
-                best = max(best, 1.0)
+            elif starts_word:
+                best = max(best, 1.0 if tables[i][1][word] else 0.0)
         return STOP_BONUS + best
 
     return sources, prior, stop_prior
