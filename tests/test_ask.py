@@ -127,7 +127,7 @@ def test_cli_ask_json_and_text(data_dir, generator):
 def test_cli_ask_errors(tmp_path, data_dir):
     runner = CliRunner()
     result = runner.invoke(main, ["ask", "anything", "--data", str(tmp_path / "nothing")])
-    assert result.exit_code == 1 and "no documents" in result.output
+    assert result.exit_code == 1 and "no store in" in result.output
     result = runner.invoke(main, ["ask", "Who founded Quillport?", "--generator", str(tmp_path / "missing"),
                                   "--data", str(data_dir)])
     assert result.exit_code == 1 and "not found" in result.output and "Traceback" not in result.output
