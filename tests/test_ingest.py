@@ -286,8 +286,10 @@ def test_cli_ingest_search_stats_docs_rm_reindex(tmp_path, encoder):
     payload = json.loads(result.output)
     assert set(payload) == {"query", "mode", "results"} and payload["mode"] == "hybrid"
     first = payload["results"][0]
-    assert set(first) == {"rank", "score", "passage_id", "text", "document", "page", "last_page", "heading"}
-    assert set(first["document"]) == {"id", "path", "title"} and first["document"]["title"] == "Lighthouse keepers"
+    assert set(first) == {"rank", "score", "passage_id", "text", "document", "matched_terms", "page", "last_page",
+                          "heading"}  # as /api/search
+    assert set(first["document"]) == {"id", "path", "title", "collection"}
+    assert first["document"]["title"] == "Lighthouse keepers" and "lighthouse" in first["matched_terms"]
     assert first["heading"] == "Lighthouse keepers" and first["page"] is None  # the HTML page's <h1>
 
     result = runner.invoke(main, ["search", "sourdough starter", "--data", data, "--mode", "keyword",
