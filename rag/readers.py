@@ -163,8 +163,8 @@ def copy_sources(question: str, texts: list[str], tokenizer):
             value -= ECHO_PENALTY
         if kind != "other" and fits_type(kind, text):
             value += TYPE_BONUS
-        if anchors:
-            value -= NEAR_WEIGHT * min(min(abs(word - a) for a in anchors), NEAR_CAP)
+        # far from the question's words, or in a sentence that has none of them: the full penalty
+        value -= NEAR_WEIGHT * min(min((abs(word - a) for a in anchors), default=NEAR_CAP), NEAR_CAP)
         return value
 
     def prior(token: int, states: list[tuple[int, int]], first: bool) -> float:

@@ -281,7 +281,8 @@ def columns(path: Path, table: str) -> list[str]:
         conn.close()
 
 
-def test_an_old_store_is_upgraded_in_place(tmp_path, encoder):
+def test_an_old_store_is_upgraded_in_place(tmp_path, encoders):
+    encoder = encoders["torch"]  # a store from before encoder back ends holds torch vectors
     data = tmp_path / "data"
     data.mkdir()
     db = data / "rag.db"
