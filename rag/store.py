@@ -296,26 +296,25 @@ class Store:
             row = self.conn.execute("SELECT duplicate_of FROM documents WHERE id = ?", (int(id),)).fetchone()
         return row[0] if row else None
 
-    def document_text(self, id: int) -> str:
-        """The full text the passage offsets refer to (a duplicate shares its original's)."""
+    def _original_column(self, id: int, column: str):
+        """A document's ``column`` ("text" or "page_starts"), read from its original when it is a duplicate."""
         with self.lock:
             row = self.conn.execute(
-                "SELECT COALESCE(o.text, d.text) FROM documents d LEFT JOIN documents o ON o.id = d.duplicate_of "
-                "WHERE d.id = ?", (int(id),)).fetchone()
+                f"SELECT COALESCE(o.{column}, d.{column}) FROM documents d "
+                "LEFT JOIN documents o ON o.id = d.duplicate_of WHERE d.id = ?", (int(id),)).fetchone()
         if row is None:
             raise RagError(f"no document with id {id}")
-        return row[0] or ""
+        return row[0]
+
+    def document_text(self, id: int) -> str:
+        """The full text the passage offsets refer to (a duplicate shares its original's)."""
+        return self._original_column(id, "text") or ""
 
     def page_starts(self, id: int) -> list[int]:
         """Where each PDF page starts in the document's text (a duplicate shares its original's);
         empty for other formats and for documents stored before pages were recorded."""
-        with self.lock:
-            row = self.conn.execute(
-                "SELECT COALESCE(o.page_starts, d.page_starts) FROM documents d "
-                "LEFT JOIN documents o ON o.id = d.duplicate_of WHERE d.id = ?", (int(id),)).fetchone()
-        if row is None:
-            raise RagError(f"no document with id {id}")
-        return json.loads(row[0]) if row[0] else []
+        starts = self._original_column(id, "page_starts")
+        return json.loads(starts) if starts else []
 
     def passages_of(self, doc_id: int) -> list[Passage]:
         with self.lock:
