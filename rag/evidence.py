@@ -50,6 +50,11 @@ def content_stems(text: str) -> set[str]:
     return {stem(w) for w in WORD.findall(text.lower()) if w not in STOP_WORDS}
 
 
+def question_stems(question: str) -> set[str]:
+    """Every word of the question, stemmed (stop words too): what an answer should not repeat."""
+    return {stem(w) for w in WORD.findall(question.lower())}
+
+
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """(start, end) offsets of the sentences of ``text``, white space trimmed."""
     spans, start = [], 0
@@ -98,6 +103,8 @@ def rank_sentences(question: str, hits: list[Hit], encoder, question_vector: np.
 
 MONTHS = ("january february march april may june july august september october november december "
           "jan feb mar apr jun jul aug sep sept oct nov dec").split()
+# Month names that are never another word ("may" is a verb too): a span holding one is a date.
+FULL_MONTHS = tuple(m for m in MONTHS[:12] if m != "may")
 NUMBER_WORDS = set("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
                    "hundred thousand million billion trillion dozen half several".split())

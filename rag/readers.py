@@ -56,7 +56,7 @@ def prompt_block(context: str, question: str, question_first: bool | None = None
     question = " ".join(question.split())
     if QUESTION_FIRST if question_first is None else question_first:
         return f"Question: {question}\nContext: {context}\nAnswer:"
-    return f"Context: {context}\nQuestion: {question}\nAnswer:"
+    return f"Context: {context}\n" + _answer_block(question)
 
 
 def examples(question_first: bool | None = None) -> str:
@@ -130,10 +130,10 @@ def copy_sources(question: str, texts: list[str], tokenizer):
     SQuAD cue) and does not repeat the question; it should stop before running into the question's
     words or punctuation.
     """
-    from rag.evidence import stem
+    from rag.evidence import question_stems, stem
 
     kind = answer_type(question)
-    asked = {stem(w) for w in WORD.findall(question.lower())}
+    asked = question_stems(question)
     sources, tables = [], []
     for text in texts:
         encoded = tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)

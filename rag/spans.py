@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rag.evidence import STOP_WORDS, Sentence, answer_type, is_date_word, is_number_word, stem
+from rag.evidence import (
+    FULL_MONTHS, STOP_WORDS, Sentence, answer_type, is_date_word, is_number_word, question_stems, stem,
+)
 
 TOKEN = re.compile(r"[$£€]?\w+(?:[.,'’–\-/]\w+)*%?")
 MAX_WORDS = 6
@@ -44,9 +46,7 @@ def _type_fit(kind: str, words: list[str]) -> float:
     if kind == "number":
         return 1.0 if is_number_word(words[0]) else (0.5 if any(is_number_word(w) for w in words) else -0.5)
     if kind == "date":
-        return 1.0 if any(is_date_word(w) and (w[:1].isdigit() or w.lower() in ("january", "february", "march",
-                          "april", "june", "july", "august", "september", "october", "november", "december"))
-                          for w in words) else -0.5
+        return 1.0 if any(is_date_word(w) and (w[:1].isdigit() or w.lower() in FULL_MONTHS) for w in words) else -0.5
     if kind in ("person", "place"):
         capitals = [w[:1].isupper() for w in words if w.lower() not in JOINERS]
         return 1.0 if capitals and all(capitals) else -0.5
@@ -57,7 +57,7 @@ def _type_fit(kind: str, words: list[str]) -> float:
 def candidate_spans(question: str, sentences: list[Sentence], text_of) -> list[Span]:
     """Every scored candidate span of ``sentences``; ``text_of(sentence)`` gives its passage text."""
     kind = answer_type(question)
-    asked = {stem(w) for w in re.findall(r"\w+", question.lower())}
+    asked = question_stems(question)
     spans: list[Span] = []
     for sentence in sentences:
         words = _words(sentence)
