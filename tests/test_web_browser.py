@@ -55,14 +55,20 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, server):
+def open_page(browser, url: str):
+    """A fresh browser context and page at ``url``, and the list its JavaScript errors collect into."""
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    return context, page, errors
+
+
+@pytest.fixture
+def page(browser, server):
+    context, page, errors = open_page(browser, server.url + "/")
     page.on("dialog", lambda dialog: dialog.accept())
-    page.goto(server.url + "/")
     page.wait_for_selector("#documents li", state="attached")
     yield page
     context.close()
@@ -174,11 +180,7 @@ def test_bad_input_shows_an_error_not_a_frozen_page(page):
 def test_ask_answers_and_a_citation_highlights_its_passage(browser, data_dir, encoder, generator, tmp_path):
     app = create_app({"DATA_DIR": str(data_dir), "ENCODER_OBJECT": encoder, "GENERATOR_OBJECT": generator})
     with BackgroundServer(app, "127.0.0.1", 0) as running:
-        context = browser.new_context(viewport={"width": 1100, "height": 900})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(running.url + "/")
+        context, page, errors = open_page(browser, running.url + "/")
         page.fill("#q", "Who designed the Skerryvore lighthouse?")
         page.fill("#k", "3")
         page.click("#ask-button")
@@ -271,11 +273,7 @@ def pdf_server(pdf_data_dir, encoder):
 def test_a_pdf_passage_shows_its_page_and_the_document_opens_there(browser, pdf_server, tmp_path):
     from conftest import PAGED_PDF_QUERY
 
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(pdf_server.url + "/")
+    context, page, errors = open_page(browser, pdf_server.url + "/")
     page.wait_for_selector("#documents li", state="attached")
     search_for(page, PAGED_PDF_QUERY)
     first = page.locator("#results .hit").first
@@ -315,11 +313,7 @@ def test_an_answer_citing_a_pdf_names_the_page(browser, pdf_data_dir, encoder, g
     app = create_app({"DATA_DIR": str(pdf_data_dir), "ENCODER_OBJECT": encoder,
                       "GENERATOR_OBJECT": generator})
     with BackgroundServer(app, "127.0.0.1", 0) as running:
-        context = browser.new_context(viewport={"width": 1100, "height": 900})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(running.url + "/")
+        context, page, errors = open_page(browser, running.url + "/")
         page.fill("#q", PAGED_PDF_QUERY)
         page.fill("#k", "2")
         page.click("#ask-button")
