@@ -55,6 +55,21 @@ def question_stems(question: str) -> set[str]:
     return {stem(w) for w in WORD.findall(question.lower())}
 
 
+CALL = re.compile(r"\(\)|\[\]|\{\}")
+
+
+def code_end(text: str, end: int) -> int:
+    """``end`` moved past an empty call or literal written right after a word ("set" -> "set()")."""
+    match = CALL.match(text, end)
+    return match.end() if match else end
+
+
+def is_code(text: str, start: int, end: int) -> bool:
+    """A word written as code ("set()", "os.path", "max_size"): it names a thing, so an answer may
+    repeat it even when the question uses the plain word ("How do you create an empty set?")."""
+    return code_end(text, end) > end or "_" in text[start:end] or text[start - 1:start] == "."
+
+
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """(start, end) offsets of the sentences of ``text``, white space trimmed."""
     spans, start = [], 0

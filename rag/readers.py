@@ -26,7 +26,7 @@ from typing import Callable
 
 from rag.copying import Copy, copy_decode, stop_tokens
 from rag.errors import RagError
-from rag.evidence import STOP_WORDS, WORD, Sentence, answer_type, fits_type, rank_sentences
+from rag.evidence import CALL, STOP_WORDS, WORD, Sentence, answer_type, fits_type, rank_sentences
 from rag.records import Hit
 
 DEFAULT_MAX_NEW_TOKENS = 16  # answers are short phrases: SQuAD's average 3 words
@@ -130,7 +130,7 @@ def copy_sources(question: str, texts: list[str], tokenizer):
     SQuAD cue) and does not repeat the question; it should stop before running into the question's
     words or punctuation.
     """
-    from rag.evidence import question_stems, stem
+    from rag.evidence import is_code, question_stems, stem
 
     kind = answer_type(question)
     asked = question_stems(question)
@@ -139,14 +139,16 @@ def copy_sources(question: str, texts: list[str], tokenizer):
         encoded = tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
         words = [(m.group(0), m.start(), m.end()) for m in WORD.finditer(" " + text)]
         starts = {start: w for w, (_, start, _) in enumerate(words)}
-        echo = [stem(word) in asked for word, _, _ in words]
+        echo = [stem(word) in asked and not is_code(" " + text, start, end) for word, start, end in words]
         anchors = [w for w, (word, _, _) in enumerate(words) if echo[w] and word.lower() not in STOP_WORDS]
-        table = []  # per token: (word index, starts a word, is punctuation)
+        table = []  # per token: (word index, starts a word, is punctuation that may end an answer)
         for start, end in encoded["offset_mapping"]:
             piece = (" " + text)[start:end]
             lead = start + len(piece) - len(piece.lstrip())
             word = starts.get(lead)
-            table.append((word, word is not None, not piece.strip() or not piece.strip()[0].isalnum()))
+            call = lead == start and CALL.match(" " + text, start)  # "()" right after a word: part of it
+            table.append((word, word is not None,
+                          not call and (not piece.strip() or not piece.strip()[0].isalnum())))
         sources.append(encoded["input_ids"])
         tables.append((words, echo, anchors, table))
 

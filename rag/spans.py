@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 
 from rag.evidence import (
-    FULL_MONTHS, STOP_WORDS, Sentence, answer_type, is_date_word, is_number_word, question_stems, stem,
+    FULL_MONTHS, STOP_WORDS, Sentence, answer_type, code_end, is_code, is_date_word, is_number_word,
+    question_stems, stem,
 )
 
 TOKEN = re.compile(r"[$£€]?\w+(?:[.,'’–\-/]\w+)*%?")
@@ -62,7 +63,7 @@ def candidate_spans(question: str, sentences: list[Sentence], text_of) -> list[S
     for sentence in sentences:
         words = _words(sentence)
         passage = text_of(sentence)
-        in_question = [stem(w) in asked or w.lower() in asked for w, _, _ in words]
+        in_question = [(stem(w) in asked or w.lower() in asked) and not is_code(passage, a, b) for w, a, b in words]
         anchors = [i for i, hit in enumerate(in_question) if hit and words[i][0].lower() not in STOP_WORDS]
         for i in range(len(words)):
             if in_question[i] or words[i][0].lower() in STOP_WORDS:
@@ -82,7 +83,8 @@ def candidate_spans(question: str, sentences: list[Sentence], text_of) -> list[S
                 score = (W_SENTENCE * sentence.score + W_TYPE * _type_fit(kind, tokens)
                          - W_NEAR * min(near, 10) / 10 * 3 - W_LENGTH * abs(len(tokens) - 2)
                          + W_CAPITAL * capital * (kind == "other") + W_AGENT * agent)
-                spans.append(Span(text=passage[words[i][1]:words[j][2]], sentence=sentence,
-                                  start=words[i][1], end=words[j][2], score=score))
+                end = code_end(passage, words[j][2])
+                spans.append(Span(text=passage[words[i][1]:end], sentence=sentence,
+                                  start=words[i][1], end=end, score=score))
     spans.sort(key=lambda s: -s.score)
     return spans

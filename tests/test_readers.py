@@ -83,6 +83,28 @@ def test_generator_readers_copy_the_answer_from_the_passage_that_holds_it(genera
     assert "Marrow" in "".join(streamed)
 
 
+SETS = ("Sets", "Curly braces or the set() function can be used to create sets. Note: to create an empty "
+        "set you have to use set(), not {}; the latter creates an empty dictionary.")
+
+
+def test_code_words_may_repeat_the_question():
+    from rag.evidence import code_end, is_code
+
+    text = "use set(), not {}; call os.path or max_size or set"
+    at = {w: text.index(w) for w in ("set", "path", "max_size")}
+    assert code_end(text, at["set"] + 3) == at["set"] + 5
+    assert is_code(text, at["set"], at["set"] + 3) and is_code(text, at["path"], at["path"] + 4)
+    assert is_code(text, at["max_size"], at["max_size"] + 8) and not is_code(text, len(text) - 3, len(text))
+
+
+@pytest.mark.parametrize("reader", ["extract", "prompt", "fid"])
+def test_an_answer_written_as_code_keeps_its_parentheses(generator, encoder, reader):
+    """"How do you create an empty set?": "set()" repeats the question's word, but as code it is the answer."""
+    hits = make_hits([SETS] + DISTRACTORS)
+    reading = get_reader(reader)("How do you create an empty set?", hits, generator, encoder=encoder)
+    assert "set()" in reading.text and reading.cited == [1], reading
+
+
 @pytest.mark.parametrize("reader", ["prompt", "fid"])
 def test_every_generated_answer_is_a_span_of_a_passage(generator, encoder, reader):
     """Constrained decoding: whatever the question, the answer is text of the passage it cites."""
