@@ -33,7 +33,7 @@ ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
 # The fastest back end whose SciFact nDCG@10 (dense and hybrid, flat) stays within 0.005 of torch's:
 # on a 1,000-document SciFact subset, dense 0.8077 vs 0.8002, hybrid 0.8348 vs 0.8367 (see README).
 DEFAULT_ENCODER_BACKEND = "onnx-int8"
-EXPORT_VERSION = 1  # bump when the export changes: a new cache directory, old files unused
+EXPORT_VERSION = 2  # bump when the export changes: a new cache directory, old files unused
 
 # Which back ends may share a store. Measured on 1,000 Python-docs passages against torch (see README):
 # onnx agrees to cosine 0.99999+ (the same float32 arithmetic in another order), so its vectors are
@@ -204,18 +204,39 @@ def export_onnx(model_path: str, target: Path) -> Path:
 
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"sentence_embedding": {0: "batch"}}
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(target)
+    traced, tmp = _temporary(target), _temporary(target)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notes on shape checks that hold for every input
             # the TorchScript exporter: the torch.export one needs onnxscript and fuses no better here
-            torch.onnx.export(Embed(), tuple(sample[n] for n in names), str(tmp), input_names=names,
+            torch.onnx.export(Embed(), tuple(sample[n] for n in names), str(traced), input_names=names,
                               output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=17,
                               dynamo=False)
+        config = model[0].auto_model.config
+        fuse_transformer(traced, tmp, getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0))
         os.replace(tmp, target)
     finally:
+        traced.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     return target
+
+
+def fuse_transformer(source: Path, target: Path, heads: int, hidden: int) -> None:
+    """ONNX Runtime's transformer optimizer: each layer's attention, GELU and add+LayerNorm become one
+    fused operator each (measured on SciFact abstracts: float32 at 1.32x PyTorch's speed, vectors
+    identical to 1e-5). A graph it cannot fuse (another architecture) is kept as exported."""
+    from onnxruntime.transformers import optimizer
+
+    try:
+        with contextlib.redirect_stdout(None):
+            fused = optimizer.optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                             opt_level=1)
+        if not fused.get_fused_operator_statistics().get("Attention"):
+            raise ValueError("no attention block recognised")
+        fused.save_model_to_file(str(target))
+    except Exception as exc:  # an unfamiliar graph: the plain export still runs, only slower
+        logging.getLogger(__name__).info("ONNX export of %s kept unfused: %s", source, exc)
+        os.replace(source, target)
 
 
 def quantize_onnx(source: Path, target: Path) -> Path:
@@ -223,7 +244,10 @@ def quantize_onnx(source: Path, target: Path) -> Path:
 
     Measured against torch on Python-docs passages (mean cosine): per-tensor uint8 0.983, per-channel
     0.995; signed int8 needs reduce_range on AVX2 and was worse (0.874 per tensor). The embedding table
-    (Gather) stays float32: quantizing it cost another 0.002 and saves only memory.
+    (Gather) stays float32: quantizing it cost another 0.002 and saves only memory. In the fused graph
+    the attention blocks (their query/key/value projections) stay float32 too: the feed-forward and
+    output projections hold three quarters of the multiplications, and leaving attention exact keeps
+    the vectors closer (SciFact abstracts: mean cosine 0.9960 against 0.9949 with attention quantized).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -231,7 +255,8 @@ def quantize_onnx(source: Path, target: Path) -> Path:
     logging.disable(logging.WARNING)  # its advice to pre-process: symbolic shape inference fails on this graph
     try:
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QUInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"])
+                         op_types_to_quantize=["MatMul"],
+                         extra_options={"DefaultTensorType": 1})  # FLOAT: fused operators have no shape inference
         os.replace(tmp, target)
     finally:
         logging.disable(logging.NOTSET)
