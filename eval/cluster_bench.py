@@ -224,7 +224,9 @@ def run_cluster_bench(dataset_dir: str | Path, data: Path, address: str, shards:
         report.notes.append(f"quality: {len(docs):,} documents, {len(query_ids)} queries, flat index (exact), "
                             f"{DEPTH} passages per query through rag.search.search, a document scored by its best "
                             "passage; the cluster holds the one store's passages and vectors (import_library); "
-                            "keyword and hybrid merge shards with global BM25 statistics (rag.bm25)")
+                            "keyword and hybrid merge shards with global BM25 statistics (rag.bm25); passages with exactly "
+                            "equal BM25 scores may come in another order than one store's (it breaks ties by "
+                            "insertion order), which is all 'same top10' below 100% can show")
     return report
 
 

@@ -38,9 +38,9 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from rag.config import data_dir as resolve_data_dir
 from rag.contract import as_document_id
 from rag.errors import RagError
+from rag.library import CLUSTER_MANIFEST as MANIFEST_FILE
 from rag.records import Document, Passage, SourceDocument
 
-MANIFEST_FILE = "cluster.json"
 SHARDS_DIR = "shards"
 DEFAULT_SHARDS = 4
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # `--cluster local`: small, the machine also runs the models

@@ -32,6 +32,7 @@ DEFAULT_BACKEND = "hnsw"
 INDEX_DIR = "index"
 STATE_FILE = "rag.json"
 LOCK_FILE = "index.lock"  # serialises saving and loading index/ between processes
+CLUSTER_MANIFEST = "cluster.json"  # a cluster library's data directory (rag.cluster) holds this instead of a store
 
 
 def _default_backend() -> str:
@@ -51,6 +52,9 @@ class Library:
     def __init__(self, data: str | Path | None = None, model: str | None = None, backend: str | None = None,
                  encoder=None, encoder_backend: str | None = None, create: bool = True):
         self.data_dir = resolve_data_dir(data)
+        if (self.data_dir / CLUSTER_MANIFEST).exists():
+            raise RagError(f"{self.data_dir} holds a library sharded over a Ray cluster ({CLUSTER_MANIFEST}): "
+                           "add --cluster ADDRESS (or set RAG_RAY_ADDRESS; 'local' starts Ray for this machine)")
         if not create and not (self.data_dir / DB_NAME).is_file():
             raise RagError(f"no store in {self.data_dir}: nothing has been ingested there "
                            "(check --data or RAG_DATA, or run `rag ingest PATH` first)")

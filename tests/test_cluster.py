@@ -296,6 +296,9 @@ def test_without_cluster_ray_is_not_imported(single):
 def test_bad_manifest_and_shard_count_are_clear(tmp_path, cluster_data, ray_address, encoder):
     from rag.cluster import MANIFEST_FILE, open_cluster_library
 
+    for create in (False, True):  # neither read nor written as a one-machine library by mistake
+        with pytest.raises(RagError, match="sharded over a Ray cluster"):
+            open_library(cluster_data, encoder=encoder, create=create)
     with pytest.raises(RagError, match="has 3 shards"):
         open_cluster_library(cluster_data, ray_address, shards=5, encoder=encoder)
     bad = tmp_path / "bad"
