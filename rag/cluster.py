@@ -16,6 +16,11 @@ a document goes and how results merge:
   construction); keyword rescoring uses global BM25 statistics (rag.bm25); hybrid fuses those two
   global rankings exactly as one store does. Filters apply on every shard before its top k.
 
+The encoders are a plain pool of Ray actors rather than a Ray Data pipeline: a batch of files is read,
+chunked and encoded where the model is loaded, and each result goes straight to its shard, so Ray Data's
+executor (and pandas, pyarrow) would add nothing but weight. Ray restarts a lost encoder actor and
+retries its batch.
+
 Nothing imports this module, and so Ray, unless a command is given ``--cluster``.
 """
 from __future__ import annotations
