@@ -89,6 +89,10 @@ def retrieval(dataset_dir, backends, modes, hyde, limit, split, encoder_backends
     from rag.errors import RagError
 
     if cluster:
+        for name, value in (("--backends", backends), ("--hyde", hyde), ("--encoder-backends", encoder_backends)):
+            if value:
+                raise click.BadParameter("not with --cluster (it compares the cluster with one store, flat index, "
+                                         "default encoder)", param_hint=name)
         from eval.cluster_bench import format_table as cluster_table
         from eval.cluster_bench import run_cluster_bench
         from rag.config import data_dir
