@@ -72,7 +72,12 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
               help="Data directory; the dataset's store is cached under <data>/eval/ (default ./rag-data).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def retrieval(dataset_dir, backends, modes, hyde, limit, split, encoder_backends, data, as_json) -> None:
+@click.option("--cluster", default=None, envvar="RAG_RAY_ADDRESS", metavar="ADDRESS",
+              help="Measure a cluster library (sharded on Ray: an address, auto or local) against one store holding "
+                   "the same documents: nDCG@10 per mode and search latency (as `rag eval cluster` without ingest).")
+@click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 4096), help="With --cluster: shards.")
+def retrieval(dataset_dir, backends, modes, hyde, limit, split, encoder_backends, data, as_json, cluster,
+              shards) -> None:
     """Retrieval quality on a BEIR-format dataset (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
 
     nDCG@10, Recall@10, Recall@100, MRR@10, MAP@100 (trec_eval rules) and queries/s for each
@@ -83,6 +88,22 @@ def retrieval(dataset_dir, backends, modes, hyde, limit, split, encoder_backends
     from eval.retrieval import evaluate_retrieval, format_table
     from rag.errors import RagError
 
+    if cluster:
+        for name, value in (("--backends", backends), ("--hyde", hyde), ("--encoder-backends", encoder_backends)):
+            if value:
+                raise click.BadParameter("not with --cluster (it compares the cluster with one store, flat index, "
+                                         "default encoder)", param_hint=name)
+        from eval.cluster_bench import format_table as cluster_table
+        from eval.cluster_bench import run_cluster_bench
+        from rag.config import data_dir
+
+        try:
+            report = run_cluster_bench(dataset_dir, data_dir(data), cluster, shards=shards, limit=limit,
+                                       modes=_names(modes), split=split, skip_ingest=True)
+        except RagError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps(report.to_json(), indent=2) if as_json else cluster_table(report))
+        return
     try:
         report = evaluate_retrieval(dataset_dir, data=data, backends=_names(backends), modes=_names(modes),
                                     hyde=hyde, limit=limit, split=split, encoder_backends=_names(encoder_backends))
@@ -265,3 +286,46 @@ def report(dataset_dir, backends, modes, hyde, limit, split, ann, answers, data,
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"report": str(path), **summary}, indent=2) if as_json else f"report: {path}")
+
+
+@eval_group.command("cluster")
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.option("--cluster", default="local", show_default=True, envvar="RAG_RAY_ADDRESS", metavar="ADDRESS",
+              help="The Ray cluster: an address, auto (running here) or local (started in this process).")
+@click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 4096), help="Shards of the cluster library.")
+@click.option("--encoders", default="1,2", show_default=True, help="Comma-separated encoder actor counts to time.")
+@click.option("--ingest-docs", default=1000, show_default=True, type=click.IntRange(1),
+              help="Documents ingested for the throughput runs.")
+@click.option("--docs", "documents", default=None, type=click.IntRange(1),
+              help="Quality on a subset: every judged document of the queries plus random others up to N (default: all).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N judged queries.")
+@click.option("--modes", default=None, help="Comma-separated modes (default dense,keyword,hybrid).")
+@click.option("--split", default="test", show_default=True, help="The qrels file: qrels/SPLIT.tsv.")
+@click.option("--no-ingest", is_flag=True, help="Skip the ingest throughput runs.")
+@click.option("--no-quality", is_flag=True, help="Skip the quality and latency runs.")
+@click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
+              help="Data directory; stores go under <data>/eval/cluster/ (default ./rag-data).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def cluster_benchmark(dataset_dir, cluster, shards, encoders, ingest_docs, documents, limit, modes, split, no_ingest,
+                      no_quality, data, as_json) -> None:
+    """A library sharded on Ray against one store: ingest passages/s with 1, 2, ... encoder actors vs the
+    local ingest, and per mode nDCG@10 and search p50/p95 over SHARDS shards vs one store."""
+    import json
+
+    from eval.cluster_bench import format_table, run_cluster_bench
+    from rag.config import data_dir
+    from rag.errors import RagError
+
+    try:
+        counts = [int(n) for n in _names(encoders) or []]
+    except ValueError:
+        raise click.BadParameter(f"not a list of numbers: {encoders!r}", param_hint="--encoders") from None
+    if any(n < 1 for n in counts):
+        raise click.BadParameter("encoder counts must be at least 1", param_hint="--encoders")
+    try:
+        report = run_cluster_bench(dataset_dir, data_dir(data), cluster, shards=shards, encoder_counts=counts,
+                                   limit=limit, documents=documents, ingest_documents=ingest_docs,
+                                   modes=_names(modes), split=split, skip_ingest=no_ingest, skip_quality=no_quality)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_table(report))

@@ -25,19 +25,45 @@ def main() -> None:
 model_option = click.option("--model", default=None, help="sentence-transformers model directory (default all-MiniLM-L6-v2).")
 
 
+cluster_option = click.option(
+    "--cluster", "cluster", envvar="RAG_RAY_ADDRESS", default=None, metavar="ADDRESS",
+    help="Use the library sharded over a Ray cluster: its address, 'auto' (the cluster running here) or "
+         "'local' (start one in this process). Needs the cluster extra: pip install -e '.[cluster]'.")
+partial_option = click.option(
+    "--allow-partial", is_flag=True,
+    help="With --cluster: if a shard stays down, return the other shards' results marked partial instead of an error.")
+
+
 @contextmanager
-def _library(data, model=None, backend=None, create=False, encoder_backend=None) -> Iterator:
-    """The data directory's library, closed afterwards; a RagError becomes a clear message and exit 1.
-    Only ``ingest`` (and ``serve``) may create a store."""
+def _library(data, model=None, backend=None, create=False, encoder_backend=None, cluster=None, shards=None,
+             allow_partial=False) -> Iterator:
+    """The data directory's library (sharded on Ray with ``cluster``), closed afterwards; a RagError becomes
+    a clear message and exit 1. Only ``ingest`` (and ``serve``) may create a store."""
     from rag.errors import RagError
     from rag.library import open_library
 
     try:
-        with open_library(data, model=model, backend=backend, create=create,
-                          encoder_backend=encoder_backend) as library:
+        with open_library(data, model=model, backend=backend, create=create, encoder_backend=encoder_backend,
+                          cluster=cluster, shards=shards, allow_partial=allow_partial) as library:
             yield library
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@contextmanager
+def _missing_shards(library) -> Iterator:
+    """On a cluster library: the list of shards left out of the results (--allow-partial); else None."""
+    tracking = getattr(library, "tracking_missing", None)
+    if tracking is None:
+        yield None
+    else:
+        with tracking() as missing:
+            yield missing
+
+
+def _warn_partial(missing) -> None:
+    if missing:
+        click.echo(f"partial results: shard(s) {', '.join(map(str, missing))} down and left out", err=True)
 
 
 def _megabytes(n: int) -> str:
@@ -69,11 +95,16 @@ def _megabytes(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--encoder-backend", default=None, type=click.Choice(["torch", "onnx", "onnx-int8"]),
               help="How the encoder runs (default onnx-int8, or the store's recorded one); later commands follow the store.")
+@click.option("--shards", default=None, type=click.IntRange(1, 4096),
+              help="With --cluster, when the cluster library is first created: its number of shards (default 4).")
+@click.option("--encoders", default=None, type=click.IntRange(1, 4096),
+              help="With --cluster: encoder actors (default: one per CPU of the cluster).")
+@cluster_option
 @model_option
 @data_option
 def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, no_default_excludes, prune,
            text_field, id_field, title_field, text_columns, max_size, stdin_name, batch_passages, no_progress,
-           as_json, encoder_backend, model, data):
+           as_json, encoder_backend, shards, encoders, cluster, model, data):
     """Add files and folders (recursively; '-' reads stdin) to the store and index.
 
     Formats: .txt .md .html .pdf .json .jsonl .csv. Unchanged files are skipped, changed ones
@@ -87,12 +118,17 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
 
     options = LoadOptions(text_field=text_field, id_field=id_field, title_field=title_field,
                           text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else [])
-    with _library(data, model, backend, create=True, encoder_backend=encoder_backend) as library:
+    for name, value in (("--shards", shards), ("--encoders", encoders)):
+        if value and not cluster:
+            raise click.BadParameter(f"{name} needs --cluster", param_hint=name)
+    with _library(data, model, backend, create=True, encoder_backend=encoder_backend, cluster=cluster,
+                  shards=shards) as library:
         report = ingest_paths(library, list(paths), collection=collection, include=include, exclude=exclude,
                               chunk_tokens=chunk_tokens, overlap=overlap, prune=prune,
                               progress=not no_progress and sys.stderr.isatty(),
                               options=options, max_bytes=int(max_size * 1024 * 1024), stdin_name=stdin_name,
-                              default_excludes=not no_default_excludes, encode_batch=batch_passages)
+                              default_excludes=not no_default_excludes, encode_batch=batch_passages,
+                              **({"encoders": encoders} if cluster else {}))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -126,9 +162,11 @@ def _parse_where(values) -> dict[str, str]:
 @click.option("--where", multiple=True, metavar="FIELD=VALUE",
               help="Filter before ranking: collection=NAME, path=GLOB, title=GLOB, id=N, or a metadata field (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print {query, mode, results: [...]} as JSON.")
+@cluster_option
+@partial_option
 @model_option
 @data_option
-def search(query, k, mode, where, as_json, model, data):
+def search(query, k, mode, where, as_json, cluster, allow_partial, model, data):
     """Find the passages that best match QUERY."""
     import json
     import sys
@@ -139,11 +177,13 @@ def search(query, k, mode, where, as_json, model, data):
     from rag.snippets import snippet
 
     filters = _parse_where(where)
-    with _library(data, model) as library:
-        hits = run_search(library, query, k=k, mode=mode, where=filters)
+    with _library(data, model, cluster=cluster, allow_partial=allow_partial) as library:
+        with _missing_shards(library) as missing:
+            hits = run_search(library, query, k=k, mode=mode, where=filters)
     if as_json:
-        click.echo(json.dumps(search_json(query.strip(), mode, hits), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(search_json(query.strip(), mode, hits, missing), indent=2, ensure_ascii=False))
         return
+    _warn_partial(missing)
     if not hits:
         click.echo("no results")
         return
@@ -162,12 +202,13 @@ def search(query, k, mode, where, as_json, model, data):
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@cluster_option
 @data_option
-def stats(as_json, data):
+def stats(as_json, cluster, data):
     """Documents, passages, collections, index backend, encoder and sizes."""
     import json
 
-    with _library(data) as library:
+    with _library(data, cluster=cluster) as library:
         info = library.stats()
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -181,19 +222,23 @@ def stats(as_json, data):
     click.echo(f"sizes:       database {_megabytes(info['sizes']['database'])}, index {_megabytes(info['sizes']['index'])}")
     for name, c in info["collections"].items():
         click.echo(f"collection:  {name}: {c['documents']} documents, {c['passages']} passages")
+    for shard in info.get("cluster", {}).get("per_shard", []):
+        click.echo(f"shard {shard['shard']:>3}:   {shard['documents']} documents, {shard['passages']} passages"
+                   f"  {shard['data_dir']}")
 
 
 @main.command()
 @click.option("--collection", default=None, help="Only this collection.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@cluster_option
 @data_option
-def docs(collection, as_json, data):
+def docs(collection, as_json, cluster, data):
     """List stored documents: id, collection, passages, title, path."""
     import json
 
     from rag.contract import document_json
 
-    with _library(data) as library:
+    with _library(data, cluster=cluster) as library:
         documents = library.documents(collection)
         counts = library.passage_counts()
     if as_json:
@@ -210,8 +255,9 @@ def docs(collection, as_json, data):
 
 @main.command()
 @click.argument("keys", nargs=-1, required=True)
+@cluster_option
 @data_option
-def rm(keys, data):
+def rm(keys, cluster, data):
     """Remove documents by id or path (a file's path removes all its records)."""
     import os
     from pathlib import Path
@@ -220,7 +266,7 @@ def rm(keys, data):
     from rag.errors import RagError
 
     failed = False
-    with _library(data) as library:
+    with _library(data, cluster=cluster) as library:
         for key in keys:
             # an id (ASCII digits, up to 2^63 - 1), else the path as given, then as an absolute path
             candidates = [key] if as_document_id(key) is not None else [key, os.path.abspath(Path(key).expanduser())]
@@ -260,14 +306,18 @@ def reindex(backend, data):
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64), help="Worker threads.")
 @click.option("--generator", default="local", show_default=True,
               help="Generator for Ask: local, openai or a model directory.")
+@cluster_option
+@partial_option
 @data_option
-def serve(host: str, port: int, threads: int, generator: str, data: str | None) -> None:
+def serve(host: str, port: int, threads: int, generator: str, cluster: str | None, allow_partial: bool,
+          data: str | None) -> None:
     """Serve the search-and-answer page and the JSON API (waitress)."""
     from rag.errors import RagError
     from web.server import serve as run_server
 
     try:
-        run_server(data, host=host, port=port, threads=threads, generator=generator, echo=click.echo)
+        run_server(data, host=host, port=port, threads=threads, generator=generator, echo=click.echo,
+                   cluster=cluster, allow_partial=allow_partial)
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -289,9 +339,11 @@ def serve(host: str, port: int, threads: int, generator: str, data: str | None) 
 @click.option("--where", multiple=True, metavar="FIELD=VALUE", help="Filter passages, as in `rag search` (repeatable).")
 @click.option("--max-tokens", default=None, type=click.IntRange(1, 2048), help="Longest answer in tokens (default 16).")
 @click.option("--json", "as_json", is_flag=True, help="Print {question, answer, citations, passages, hyde, timings}.")
+@cluster_option
+@partial_option
 @model_option
 @data_option
-def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, model, data):
+def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, cluster, allow_partial, model, data):
     """Answer QUESTION from your documents, citing the passages it used."""
     import json
     import sys
@@ -311,7 +363,8 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
         streamed.append(piece)
         click.echo(piece, nl=False)
 
-    with _library(data, model) as library:
+    with _library(data, model, cluster=cluster, allow_partial=allow_partial) as library, \
+            _missing_shards(library) as missing:
         from rag.readers import DEFAULT_READER, NEEDS_GENERATOR
 
         if generator == "local" and not as_json and ((reader or DEFAULT_READER) in NEEDS_GENERATOR or hyde):
@@ -322,8 +375,12 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
         answer = run_ask(library, question, k=k, mode=mode, hyde=hyde, reader=reader, generator=generator,
                          where=filters, on_token=show if live else None, max_new_tokens=max_tokens)
     if as_json:
-        click.echo(json.dumps(answer_json(answer), indent=2, ensure_ascii=False))
+        body = answer_json(answer)
+        if missing is not None:
+            body.update(partial=bool(missing), missing_shards=list(missing))
+        click.echo(json.dumps(body, indent=2, ensure_ascii=False))
         return
+    _warn_partial(missing)
     if streamed:
         click.echo()
         if "".join(streamed).strip() not in answer.text:

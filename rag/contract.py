@@ -177,9 +177,13 @@ def hit_json(hit: Hit, query: str) -> dict:
     return data
 
 
-def search_json(query: str, mode: str, hits: list[Hit]) -> dict:
-    """`rag search --json` and GET /api/search."""
-    return {"query": query, "mode": mode, "results": [hit_json(h, query) for h in hits]}
+def search_json(query: str, mode: str, hits: list[Hit], missing_shards: list[int] | None = None) -> dict:
+    """`rag search --json` and GET /api/search; on a cluster library also whether shards were left out
+    (``partial``, with ``--allow-partial``: never a silently short list)."""
+    data = {"query": query, "mode": mode, "results": [hit_json(h, query) for h in hits]}
+    if missing_shards is not None:
+        data.update(partial=bool(missing_shards), missing_shards=list(missing_shards))
+    return data
 
 
 def answer_json(answer: Answer) -> dict:

@@ -297,7 +297,7 @@ class OnnxEncoder:
     """
 
     def __init__(self, model: str | None = None, quantized: bool = False, cache_dir: str | os.PathLike | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, threads: int = 0):
         _offline()
         from transformers import AutoTokenizer
 
@@ -310,6 +310,7 @@ class OnnxEncoder:
             raise EncoderError(f"cannot load the tokenizer of {self.path}: {exc}") from exc
         self.max_tokens = _max_seq_length(self.path, self._tokenizer)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer refuses concurrent calls ("Already borrowed")
+        self.threads = int(threads)  # big batches: 0 is one thread per physical core
         cache = Path(cache_dir) if cache_dir else _default_cache_dir()
         self.file = self._open(cache, quantized)
         width = self._query.get_outputs()[0].shape[-1]
@@ -325,7 +326,7 @@ class OnnxEncoder:
         for attempt in range(3):
             try:
                 ensure_onnx_model(self.path, cache, quantized)
-                self._batch, self._query = _session(path, 0), _session(path, 1)
+                self._batch, self._query = _session(path, self.threads), _session(path, 1)
                 return path
             except Exception as exc:
                 if attempt == 2:
@@ -396,17 +397,18 @@ def _default_cache_dir() -> Path:
 
 
 def load_encoder(model: str | None = None, backend: str = DEFAULT_ENCODER_BACKEND,
-                 cache_dir: str | os.PathLike | None = None) -> Encoder:
+                 cache_dir: str | os.PathLike | None = None, threads: int = 0) -> Encoder:
     """One loaded encoder per model, back end and cache per process, shared by every caller.
 
-    ``cache_dir`` holds the ONNX exports (default: RAG_MODEL_CACHE, else <data>/models)."""
+    ``cache_dir`` holds the ONNX exports (default: RAG_MODEL_CACHE, else <data>/models); ``threads``
+    bounds an ONNX encoder's big batches (0: every core; a cluster's encoder actor gets its share)."""
     check_encoder_backend(backend)
     cache = None if backend == "torch" else str(Path(cache_dir) if cache_dir else _default_cache_dir())
-    return _load_encoder(str(model) if model else None, backend, cache)
+    return _load_encoder(str(model) if model else None, backend, cache, int(threads))
 
 
 @lru_cache(maxsize=8)
-def _load_encoder(model: str | None, backend: str, cache_dir: str | None) -> Encoder:
+def _load_encoder(model: str | None, backend: str, cache_dir: str | None, threads: int = 0) -> Encoder:
     if backend == "torch":
         return SentenceTransformerEncoder(model)
-    return OnnxEncoder(model, quantized=backend == "onnx-int8", cache_dir=cache_dir)
+    return OnnxEncoder(model, quantized=backend == "onnx-int8", cache_dir=cache_dir, threads=threads)

@@ -371,6 +371,10 @@ def ingest_documents(library, docs: Iterable[SourceDocument], collection: str = 
                      progress: bool = False, chunk_tokens: int | None = None,
                      overlap: int | None = None, encode_batch: int = ENCODE_BATCH) -> IngestReport:
     """Ingest in-memory records; the uri is the key (same uri and content: skipped; changed: replaced)."""
+    if getattr(library, "is_cluster", False):
+        from rag.cluster import ingest_documents as on_cluster
+
+        return on_cluster(library, docs, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap)
     report = IngestReport()
 
     def sources() -> Iterator[Source | tuple[str, str]]:
@@ -388,9 +392,18 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
                  chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
                  progress: bool = False, options: LoadOptions | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                  stdin_name: str = "stdin", default_excludes: bool = True,
-                 encode_batch: int = ENCODE_BATCH, max_passages: int | None = None) -> IngestReport:
+                 encode_batch: int = ENCODE_BATCH, max_passages: int | None = None,
+                 encoders: int | None = None) -> IngestReport:
     """Ingest files and folders (``-`` reads stdin); bad files are reported and the rest go in.
-    ``max_passages``: a file that would make more passages fails (the server's per-upload limit)."""
+    ``max_passages``: a file that would make more passages fails (the server's per-upload limit);
+    ``encoders``: encoder actors on a cluster library (default: one per CPU of the cluster)."""
+    if getattr(library, "is_cluster", False):  # rag.cluster: encoder actors, then each file's shard
+        from rag.cluster import ingest_paths as on_cluster
+
+        return on_cluster(library, paths, collection=collection, include=include, exclude=exclude,
+                          chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, options=options,
+                          max_bytes=max_bytes, default_excludes=default_excludes, max_passages=max_passages,
+                          encoders=encoders)
     options = options or LoadOptions()
     report = IngestReport()
     if not paths:

@@ -32,6 +32,7 @@ DEFAULT_BACKEND = "hnsw"
 INDEX_DIR = "index"
 STATE_FILE = "rag.json"
 LOCK_FILE = "index.lock"  # serialises saving and loading index/ between processes
+CLUSTER_MANIFEST = "cluster.json"  # a cluster library's data directory (rag.cluster) holds this instead of a store
 
 
 def _default_backend() -> str:
@@ -51,6 +52,9 @@ class Library:
     def __init__(self, data: str | Path | None = None, model: str | None = None, backend: str | None = None,
                  encoder=None, encoder_backend: str | None = None, create: bool = True):
         self.data_dir = resolve_data_dir(data)
+        if (self.data_dir / CLUSTER_MANIFEST).exists():
+            raise RagError(f"{self.data_dir} holds a library sharded over a Ray cluster ({CLUSTER_MANIFEST}): "
+                           "add --cluster ADDRESS (or set RAG_RAY_ADDRESS; 'local' starts Ray for this machine)")
         if not create and not (self.data_dir / DB_NAME).is_file():
             raise RagError(f"no store in {self.data_dir}: nothing has been ingested there "
                            "(check --data or RAG_DATA, or run `rag ingest PATH` first)")
@@ -125,6 +129,15 @@ class Library:
                 self._encoder = encoder
             return self._encoder
 
+    def record_encoder(self, name: str, dim: int, path: str | None = None) -> None:
+        """For vectors encoded elsewhere (a cluster's encoder actors): record or check which encoder made them."""
+        self._store.check_encoder(name, dim, path)
+
+    def preload(self) -> None:
+        """Load the encoder and the index now (a server, so its first search does not pay for them)."""
+        self.encoder  # noqa: B018 - the property loads the model
+        self.index  # noqa: B018
+
     @property
     def dim(self) -> int:
         stored = self._store.meta("dim")
@@ -171,6 +184,16 @@ class Library:
     def keyword_search(self, query: str, k: int, where: dict[str, str] | None = None) -> list[tuple[int, float]]:
         return self._store.keyword_search(query, k, where)
 
+    def keyword_evidence(self, query: str, n: int, where: dict[str, str] | None = None):
+        """Top n by BM25 plus the statistics a global rescoring over several libraries needs (rag.bm25)."""
+        return self._store.keyword_evidence(query, n, where)
+
+    def dense_search(self, vector: np.ndarray, n: int, where: dict[str, str] | None = None) -> list[tuple[int, float]]:
+        """Top n (passage id, cosine similarity) for a query vector (dim,), filters applied before the top n."""
+        from rag.search import vector_ranking
+
+        return vector_ranking(self, np.asarray(vector, dtype=np.float32).reshape(-1), n, where)
+
     def candidate_ids(self, where: dict[str, str] | None) -> np.ndarray:
         return self._store.candidate_ids(where)
 
@@ -179,6 +202,9 @@ class Library:
 
     def sources(self) -> list[str]:
         return self._store.sources()
+
+    def documents_of_source(self, source: str) -> list[Document]:
+        return self._store.documents_of_source(source)
 
     def has_content(self, content_hash: str, collection: str, exclude_source: str | None = None) -> bool:
         return self._store.has_content(content_hash, collection, exclude_source)
@@ -364,8 +390,17 @@ def index_from_store(store: Store, backend: str, dim: int, **params):
 
 
 def open_library(data: str | Path | None = None, model: str | None = None, backend: str | None = None,
-                 encoder=None, encoder_backend: str | None = None, create: bool = True) -> Library:
+                 encoder=None, encoder_backend: str | None = None, create: bool = True,
+                 cluster: str | None = None, shards: int | None = None, allow_partial: bool = False):
     """Open the data directory (``create=False``: it must already hold a store); ``encoder`` reuses an
-    already-loaded model, ``encoder_backend`` (torch, onnx, onnx-int8) overrides the store's recorded one."""
+    already-loaded model, ``encoder_backend`` (torch, onnx, onnx-int8) overrides the store's recorded one.
+
+    ``cluster`` (a Ray address, ``auto`` or ``local``) opens it as a sharded library on Ray instead
+    (rag.cluster, with the same methods); only then is Ray imported."""
+    if cluster:
+        from rag.cluster import open_cluster_library
+
+        return open_cluster_library(data, cluster, shards=shards, model=model, backend=backend, encoder=encoder,
+                                    encoder_backend=encoder_backend, create=create, allow_partial=allow_partial)
     return Library(data, model=model, backend=backend, encoder=encoder, encoder_backend=encoder_backend,
                    create=create)

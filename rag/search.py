@@ -14,7 +14,7 @@ from rag.contract import MODES, SEARCH_K, check_mode
 from rag.errors import RagError
 from rag.records import Hit
 
-__all__ = ["MODES", "search", "fuse", "dense_ranking", "keyword_ranking", "hits_for"]
+__all__ = ["MODES", "search", "fuse", "dense_ranking", "vector_ranking", "keyword_ranking", "hits_for"]
 # Reciprocal rank fusion constant (Cormack et al. 2009): score = sum over rankings of 1 / (RRF_K + rank).
 # 60 is the paper's value; it damps the difference between the very first ranks so that one list
 # cannot dominate, and it is what the SciFact figures in the datasets README were measured with.
@@ -44,9 +44,13 @@ def _query_vector(library, query: str, query_vector) -> np.ndarray:
 def dense_ranking(library, query: str, n: int, where: dict | None = None, query_vector=None
                   ) -> list[tuple[int, float]]:
     """Top n (passage id, cosine similarity) by the query's embedding."""
+    return library.dense_search(_query_vector(library, query, query_vector), n, where)
+
+
+def vector_ranking(library, vector: np.ndarray, n: int, where: dict | None = None) -> list[tuple[int, float]]:
+    """Top n (passage id, cosine similarity) of one library for a query vector (dim,): Library.dense_search."""
     if library.passage_count() == 0:
         return []
-    vector = _query_vector(library, query, query_vector)
     if where:
         candidates = library.candidate_ids(where)
         if len(candidates) == 0:

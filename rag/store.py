@@ -24,7 +24,6 @@ from rag.contract import as_document_id
 from rag.errors import RagError
 from rag.locations import Location
 from rag.records import Document, Passage
-from rag.stopwords import STOP_WORDS
 
 DB_NAME = "rag.db"
 BUSY_TIMEOUT = 60.0  # seconds a write waits for another process's transaction
@@ -130,10 +129,9 @@ def _passage(row: sqlite3.Row) -> Passage:
 
 def keyword_query(text: str) -> str:
     """An FTS5 MATCH expression: every word quoted (user punctuation never reaches FTS syntax), OR-ed."""
-    words = [w.lower() for w in re.findall(r"\w+", text)]
-    kept = [w for w in words if w not in STOP_WORDS] or words
-    unique = list(dict.fromkeys(kept))
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in unique)
+    from rag.bm25 import keyword_words, phrase
+
+    return " OR ".join(phrase(w) for w in keyword_words(text))
 
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -183,6 +181,7 @@ class Store:
             raise RagError(f"cannot open the store {self.path}: {exc}") from exc
         self.db = sqlite_utils.Database(self.conn)
         self.lock = threading.RLock()
+        self._tokens = None  # rag.bm25.Tokens, made on the first keyword_evidence
 
     def close(self) -> None:
         with self.lock:
@@ -349,6 +348,12 @@ class Store:
                                     (source,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def documents_of_source(self, source: str) -> list[Document]:
+        """Every document one source (a file, or a record) made, in the order they were stored."""
+        with self.lock:
+            return [_document(r) for r in self.conn.execute(
+                f"SELECT {_DOC_COLUMNS} FROM documents WHERE source = ? ORDER BY id", (source,))]
+
     def sources(self) -> list[str]:
         with self.lock:
             return [r[0] for r in self.conn.execute("SELECT DISTINCT source FROM documents ORDER BY source")]
@@ -431,6 +436,19 @@ class Store:
             except sqlite3.OperationalError as exc:
                 raise RagError(f"keyword search failed for {query!r}: {exc}") from exc
         return [(int(r[0]), float(r[1])) for r in rows]
+
+    def keyword_evidence(self, query: str, n: int, where: dict[str, str] | None = None):
+        """This store's top n by BM25 with what a global rescoring needs (rag.bm25: keyword search over shards)."""
+        from rag.bm25 import KeywordEvidence, Tokens, keyword_words, store_evidence
+
+        words = keyword_words(query)
+        if not words:
+            return KeywordEvidence(rows=0, tokens=0, hits=[])
+        candidates = [pid for pid, _ in self.keyword_search(query, n, where)]
+        with self.lock:
+            if self._tokens is None:
+                self._tokens = Tokens()
+            return store_evidence(self.conn, self._tokens, words, candidates)
 
     # --- writing ------------------------------------------------------------------------------
 

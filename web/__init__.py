@@ -7,6 +7,7 @@ Keys: DATA_DIR, API_TOKEN, MAX_CONTENT_LENGTH (upload limit, bytes), MAX_UPLOAD_
 MAX_UPLOAD_PASSAGES (per file), GENERATOR (engine name),
 GENERATOR_OPTIONS, ENCODER_MODEL, BACKEND, ALLOWED_HOSTS (extra Host names on a loopback bind),
 BIND_HOST (the address served: beyond loopback every data request needs the token),
+CLUSTER (a Ray address: the library is sharded over a cluster, rag.cluster), ALLOW_PARTIAL,
 LIBRARY / ENCODER_OBJECT / GENERATOR_OBJECT (already loaded objects to share, e.g. in tests).
 """
 from __future__ import annotations
@@ -40,6 +41,8 @@ def create_app(config: dict | None = None) -> Flask:
         GENERATOR="local",
         ALLOWED_HOSTS=(),
         BIND_HOST="127.0.0.1",
+        CLUSTER=os.environ.get("RAG_RAY_ADDRESS") or None,
+        ALLOW_PARTIAL=False,
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})

@@ -114,7 +114,13 @@ def api_search():
     k = SEARCH_K.parse(request.args.get("k"))
     mode = check_mode(request.args.get("mode"))
     where = parse_where(request.args.getlist("where"))
-    return search_json(q, mode, search(resources().library, q, k=k, mode=mode, where=where))
+    library = resources().library
+    tracking = getattr(library, "tracking_missing", None)  # a cluster library: shards may be down
+    if tracking is None:
+        return search_json(q, mode, search(library, q, k=k, mode=mode, where=where))
+    with tracking() as missing:
+        hits = search(library, q, k=k, mode=mode, where=where)
+    return search_json(q, mode, hits, missing)
 
 
 class AskCancelled(Exception):

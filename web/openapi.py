@@ -146,7 +146,10 @@ def openapi_document() -> dict:
                 "Hit": hit,
                 "SearchResult": {"type": "object", "required": ["query", "mode", "results"], "properties": {
                     "query": {"type": "string"}, "mode": {"type": "string"},
-                    "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
+                    "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+                    "partial": {"type": "boolean",
+                                "description": "cluster library only: true when a shard was down and left out"},
+                    "missing_shards": {"type": "array", "items": {"type": "integer"}}}},
                 "AskRequest": {"type": "object", "required": ["question"], "properties": {
                     "question": query_schema,
                     "k": dict(k_schema, maximum=ASK_K.most, default=ASK_K.default),

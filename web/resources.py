@@ -18,6 +18,8 @@ class Resources:
         self.data_dir = config["DATA_DIR"]
         self.model = config.get("ENCODER_MODEL")
         self.backend = config.get("BACKEND")
+        self.cluster = config.get("CLUSTER")  # a Ray address: the library is sharded over a cluster (rag.cluster)
+        self.allow_partial = bool(config.get("ALLOW_PARTIAL"))
         self.generator_name = config.get("GENERATOR", "local")
         self.generator_options = dict(config.get("GENERATOR_OPTIONS") or {})
         self._encoder = config.get("ENCODER_OBJECT")
@@ -40,14 +42,13 @@ class Resources:
                     from rag.library import open_library
 
                     self._library = open_library(data=self.data_dir, model=self.model, backend=self.backend,
-                                                 encoder=self._encoder)
+                                                 encoder=self._encoder, cluster=self.cluster,
+                                                 allow_partial=self.allow_partial)
         return self._library
 
     def preload(self) -> None:
         """Load the encoder and index now, so the first search does not pay for it."""
-        library = self.library
-        library.encoder  # noqa: B018 - the property loads the model
-        library.index  # noqa: B018
+        self.library.preload()
 
     def encoder_name(self) -> str:
         """The encoder's name without loading it when it is not loaded yet."""

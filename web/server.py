@@ -86,7 +86,7 @@ class BackgroundServer:
 
 
 def serve(data: str | None, host: str = "127.0.0.1", port: int = 8000, threads: int = 8,
-          generator: str = "local", echo=print) -> None:
+          generator: str = "local", echo=print, cluster: str | None = None, allow_partial: bool = False) -> None:
     """`rag serve`: check the bind address, load the library and encoder once, then serve until stopped."""
     import os
 
@@ -94,7 +94,8 @@ def serve(data: str | None, host: str = "127.0.0.1", port: int = 8000, threads: 
 
     token = os.environ.get("RAG_API_TOKEN") or None
     check_bind_host(host, token)
-    app = create_app({"DATA_DIR": data, "GENERATOR": generator, "API_TOKEN": token, "BIND_HOST": host})
+    app = create_app({"DATA_DIR": data, "GENERATOR": generator, "API_TOKEN": token, "BIND_HOST": host,
+                      "CLUSTER": cluster, "ALLOW_PARTIAL": allow_partial})
     resources = app.extensions["rag"]
     echo(f"Loading the library in {app.config['DATA_DIR']} (encoder and index)…")
     resources.preload()
