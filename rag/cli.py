@@ -94,7 +94,7 @@ def _megabytes(n: int) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--encoder-backend", default=None, type=click.Choice(["torch", "onnx", "onnx-int8"]),
-              help="How the encoder runs (default onnx-int8, or the store's recorded one); later commands follow the store.")
+              help="How the encoder runs (default onnx, or the store's recorded one); later commands follow the store.")
 @click.option("--shards", default=None, type=click.IntRange(1, 4096),
               help="With --cluster, when the cluster library is first created: its number of shards (default 4).")
 @click.option("--encoders", default=None, type=click.IntRange(1, 4096),

@@ -23,7 +23,9 @@ from typing import Iterator
 import numpy as np
 
 from rag.config import data_dir as resolve_data_dir
-from rag.encoders import DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, backends_can_share_a_store, check_encoder_backend
+from rag.encoders import (
+    DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, EXPORT_VERSION, backends_can_share_a_store, check_encoder_backend,
+)
 from rag.errors import RagError
 from rag.records import Document, Passage
 from rag.store import DB_NAME, NewDocument, Store, WriteResult
@@ -104,9 +106,15 @@ class Library:
         if not has_vectors:
             if chosen != stored:
                 self._store.set_meta("encoder_backend", chosen)
+            self._store.set_meta("encoder_export", str(EXPORT_VERSION))
         elif not backends_can_share_a_store(stored, chosen):
             raise RagError(f"this store was encoded with the {stored} encoder back end, whose vectors differ from "
                            f"{chosen}'s; use --encoder-backend {stored}, or another --data directory for {chosen}")
+        elif chosen == "onnx-int8" and int(self._store.meta("encoder_export") or 1) != EXPORT_VERSION:
+            # int8 vectors depend on how the export was quantized; float32 exports all give torch's vectors
+            raise RagError(f"this store's vectors were made by an earlier onnx-int8 export (version "
+                           f"{self._store.meta('encoder_export') or 1}; this release makes version {EXPORT_VERSION}, "
+                           f"whose vectors differ): ingest its documents again into another --data directory")
         return chosen
 
     @property

@@ -26,6 +26,7 @@ W_TYPE = 0.6
 W_NEAR = 0.35
 W_LENGTH = 0.05
 W_CAPITAL = 0.1
+W_CODE = 0.5  # the question's own word written as code in the passage ("an empty set" -> "set()")
 W_AGENT = 0.4  # "who" answered by the agent of a passive verb: "founded by the cartographer Ilsa Marrow"
 
 
@@ -63,7 +64,9 @@ def candidate_spans(question: str, sentences: list[Sentence], text_of) -> list[S
     for sentence in sentences:
         words = _words(sentence)
         passage = text_of(sentence)
-        in_question = [(stem(w) in asked or w.lower() in asked) and not is_code(passage, a, b) for w, a, b in words]
+        echoes = [stem(w) in asked or w.lower() in asked for w, _, _ in words]
+        code = [is_code(passage, a, b) for _, a, b in words]
+        in_question = [echo and not coded for echo, coded in zip(echoes, code)]
         anchors = [i for i, hit in enumerate(in_question) if hit and words[i][0].lower() not in STOP_WORDS]
         for i in range(len(words)):
             if in_question[i] or words[i][0].lower() in STOP_WORDS:
@@ -82,7 +85,8 @@ def candidate_spans(question: str, sentences: list[Sentence], text_of) -> list[S
                 agent = kind == "person" and "by" in [w.lower() for w, _, _ in words[max(0, i - 3):i]]
                 score = (W_SENTENCE * sentence.score + W_TYPE * _type_fit(kind, tokens)
                          - W_NEAR * min(near, 10) / 10 * 3 - W_LENGTH * abs(len(tokens) - 2)
-                         + W_CAPITAL * capital * (kind == "other") + W_AGENT * agent)
+                         + W_CAPITAL * capital * (kind == "other") + W_AGENT * agent
+                         + W_CODE * (echoes[i] and code[i]))
                 end = code_end(passage, words[j][2])
                 spans.append(Span(text=passage[words[i][1]:end], sentence=sentence,
                                   start=words[i][1], end=end, score=score))

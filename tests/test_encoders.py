@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import warnings
 
 import numpy as np
@@ -120,7 +121,16 @@ def test_store_records_the_backend_and_refuses_mixing_int8_with_float(tmp_path, 
 
     again = open_library(int8)  # no choice given: the store's
     assert again.encoder_backend == "onnx-int8" and again.stats()["encoder_backend"] == "onnx-int8"
+    # int8 vectors depend on the export's quantization: a store made by an earlier export is refused
+    again._store.set_meta("encoder_export", "1")
     again.close()
+    with pytest.raises(RagError, match="earlier onnx-int8 export .version 1; this release makes version 2"):
+        open_library(int8)
+    store = open_library(tmp_path / "fresh", encoder_backend="onnx-int8")
+    assert store._store.meta("encoder_export") == "2"
+    store.close()
+    with sqlite3.connect(int8 / "rag.db") as raw:  # the current export again, for the refusals below
+        raw.execute("UPDATE meta SET value = '2' WHERE key = 'encoder_export'")
     for kwargs in ({"encoder_backend": "torch"}, {"encoder_backend": "onnx"}, {"encoder": encoders["torch"]}):
         with pytest.raises(RagError, match="encoded with the onnx-int8 encoder back end, whose vectors differ"):
             open_library(int8, **kwargs)
