@@ -214,17 +214,16 @@ class EncoderActor:
 
     def _sources(self, items: list, collection: str, settings: dict) -> Iterator:
         """Source, (path, reason) for a failure, or (key,) for an unchanged source."""
-        from rag.ingest import Source, _parse, content_hash, read_source
+        from rag.ingest import _parse, read_source, record_source
         from rag.loaders import LoadError
 
         for item in items:
             if isinstance(item, SourceDocument):
-                if not item.text or not item.text.strip():
-                    yield (item.uri, "empty: no text")
-                    continue
-                source = Source(key=item.uri, hash=content_hash(item.title, item.text), docs=[item],
-                                size=len(item.text.encode("utf-8")), mtime=item.mtime)
-                yield (item.uri,) if self._state(source.key) == (source.hash, collection) else source
+                source = record_source(item)
+                if isinstance(source, tuple):
+                    yield source
+                else:
+                    yield (item.uri,) if self._state(source.key) == (source.hash, collection) else source
                 continue
             try:
                 source, data = read_source(Path(item), settings["options"], settings["max_bytes"])

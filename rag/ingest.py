@@ -377,15 +377,16 @@ def ingest_documents(library, docs: Iterable[SourceDocument], collection: str = 
         return on_cluster(library, docs, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap)
     report = IngestReport()
 
-    def sources() -> Iterator[Source | tuple[str, str]]:
-        for doc in docs:
-            if not doc.text or not doc.text.strip():
-                yield (doc.uri, "empty: no text")
-                continue
-            size = len(doc.text.encode("utf-8"))
-            yield Source(key=doc.uri, hash=content_hash(doc.title, doc.text), docs=[doc], size=size, mtime=doc.mtime)
+    return _run(library, (record_source(doc) for doc in docs), collection, chunk_tokens, overlap, progress, report,
+                encode_batch)
 
-    return _run(library, sources(), collection, chunk_tokens, overlap, progress, report, encode_batch)
+
+def record_source(doc: SourceDocument) -> Source | tuple[str, str]:
+    """An in-memory record as one source keyed by its uri, or (uri, reason) when it holds no text."""
+    if not doc.text or not doc.text.strip():
+        return (doc.uri, "empty: no text")
+    size = len(doc.text.encode("utf-8"))
+    return Source(key=doc.uri, hash=content_hash(doc.title, doc.text), docs=[doc], size=size, mtime=doc.mtime)
 
 
 def ingest_paths(library, paths: list[str], collection: str = "default", include=None, exclude=None,

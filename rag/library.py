@@ -103,18 +103,20 @@ class Library:
             stored = "torch"  # stores from before back ends were recorded: encoded by sentence-transformers
             self._store.set_meta("encoder_backend", stored)
         chosen = requested or stored or DEFAULT_ENCODER_BACKEND
+        export = int(self._store.meta("encoder_export") or 1)  # stores from before it was recorded: version 1
         if not has_vectors:
             if chosen != stored:
                 self._store.set_meta("encoder_backend", chosen)
-            self._store.set_meta("encoder_export", str(EXPORT_VERSION))
+            if export != EXPORT_VERSION:
+                self._store.set_meta("encoder_export", str(EXPORT_VERSION))
         elif not backends_can_share_a_store(stored, chosen):
             raise RagError(f"this store was encoded with the {stored} encoder back end, whose vectors differ from "
                            f"{chosen}'s; use --encoder-backend {stored}, or another --data directory for {chosen}")
-        elif chosen == "onnx-int8" and int(self._store.meta("encoder_export") or 1) != EXPORT_VERSION:
+        elif chosen == "onnx-int8" and export != EXPORT_VERSION:
             # int8 vectors depend on how the export was quantized; float32 exports all give torch's vectors
-            raise RagError(f"this store's vectors were made by an earlier onnx-int8 export (version "
-                           f"{self._store.meta('encoder_export') or 1}; this release makes version {EXPORT_VERSION}, "
-                           f"whose vectors differ): ingest its documents again into another --data directory")
+            raise RagError(f"this store's vectors were made by an earlier onnx-int8 export (version {export}; this "
+                           f"release makes version {EXPORT_VERSION}, whose vectors differ): ingest its documents "
+                           "again into another --data directory")
         return chosen
 
     @property

@@ -136,17 +136,18 @@ def copy_sources(question: str, texts: list[str], tokenizer):
     asked = question_stems(question)
     sources, tables = [], []
     for text in texts:
-        encoded = tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
-        words = [(m.group(0), m.start(), m.end()) for m in WORD.finditer(" " + text)]
+        padded = " " + text  # token offsets refer to this: the first word gets the leading space it has mid-text
+        encoded = tokenizer(padded, add_special_tokens=False, return_offsets_mapping=True)
+        words = [(m.group(0), m.start(), m.end()) for m in WORD.finditer(padded)]
         starts = {start: w for w, (_, start, _) in enumerate(words)}
-        echo = [stem(word) in asked and not is_code(" " + text, start, end) for word, start, end in words]
+        echo = [stem(word) in asked and not is_code(padded, start, end) for word, start, end in words]
         anchors = [w for w, (word, _, _) in enumerate(words) if echo[w] and word.lower() not in STOP_WORDS]
         table = []  # per token: (word index, starts a word, is punctuation that may end an answer)
         for start, end in encoded["offset_mapping"]:
-            piece = (" " + text)[start:end]
+            piece = padded[start:end]
             lead = start + len(piece) - len(piece.lstrip())
             word = starts.get(lead)
-            call = lead == start and CALL.match(" " + text, start)  # "()" right after a word: part of it
+            call = lead == start and CALL.match(padded, start)  # "()" right after a word: part of it
             table.append((word, word is not None,
                           not call and (not piece.strip() or not piece.strip()[0].isalnum())))
         sources.append(encoded["input_ids"])
