@@ -5,6 +5,7 @@ a base model keeps writing after its answer, so the text is always cut at the fi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -160,6 +161,8 @@ class LocalGenerator:
         self.path = path
         self.lock = threading.RLock()
         self.threads = int(threads or os.environ.get("RAG_GENERATOR_THREADS") or 1)
+        self.prefill_threads = int(os.environ.get("RAG_GENERATOR_PREFILL_THREADS")
+                                   or max(self.threads, len(os.sched_getaffinity(0))))
 
     def session(self):
         """Hold the model for one generation: the lock, no autograd, and few torch threads.
@@ -168,6 +171,22 @@ class LocalGenerator:
         (a laptop running other work, a shared CI machine) each step was seen 20x slower than on one thread.
         """
         return _GenerationSession(self)
+
+    @contextlib.contextmanager
+    def prefill(self):
+        """Use every core for one large forward pass (a prompt of hundreds of tokens), inside a session.
+
+        Long matrix products scale with threads, unlike the one-token steps ``session`` is tuned for:
+        the fid reader's passages are read 1.6x faster on 2 threads than on 1.
+        """
+        import torch
+
+        saved = torch.get_num_threads()
+        torch.set_num_threads(self.prefill_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -341,13 +341,14 @@ def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = D
     """Parallel context windows over one decoder: shared prefix, per-passage caches, one question.
 
     Returns the last hidden state after the question and a ``step(token) -> hidden`` that decodes on.
+    The passages are packed into one sequence with a block-diagonal mask (no padding to the longest,
+    no per-passage copy of the prefix) and read with all cores (``generator.prefill()``).
     Every passage starts right after the shared prefix (same positions), so no query-key distance
     exceeds prefix + longest passage + question + answer. Passages are capped to keep that within
     the model's sliding window, which makes full attention over the concatenated cache equivalent
     to what each sliding-window layer was trained to see. Call inside ``generator.session()``.
     """
     import torch
-    from transformers import DynamicCache
 
     tokenizer, model, body = generator.tokenizer, generator.model, generator.model.model
     suffix = tokenizer(_answer_block(question), add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -365,22 +366,21 @@ def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = D
         passages.append(ids if len(ids) <= cap else ids[: cap - len(newline)] + newline)
     lengths = [len(ids) for ids in passages]
     longest = max(lengths)
-    pad = tokenizer.pad_token_id or 0
-    batch = torch.tensor([ids + [pad] * (longest - len(ids)) for ids in passages])  # right-padded: causal
-    expanded = DynamicCache(ddp_cache_data=[
-        (layer.keys.expand(len(passages), -1, -1, -1).contiguous(),
-         layer.values.expand(len(passages), -1, -1, -1).contiguous()) for layer in shared.layers])
-    windows = body(input_ids=batch, past_key_values=expanded, use_cache=True).past_key_values
-    fused = DynamicCache(ddp_cache_data=[
-        (torch.cat([layer.keys[:1, :, :p_len]] +
-                   [layer.keys[i:i + 1, :, p_len:p_len + n] for i, n in enumerate(lengths)], dim=2),
-         torch.cat([layer.values[:1, :, :p_len]] +
-                   [layer.values[i:i + 1, :, p_len:p_len + n] for i, n in enumerate(lengths)], dim=2))
-        for layer in windows.layers])
-    del shared, expanded, windows
     total = p_len + sum(lengths)
-    # The question sees every cached token and itself causally; same mask for both layer kinds.
     blocked = torch.finfo(torch.float32).min
+    # All passages packed in one sequence after the cached prefix, each from position p_len: a token
+    # sees the prefix and the earlier tokens of its own passage only. No padding, no copies of the prefix.
+    owner = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
+    inside = torch.cat([torch.arange(n) for n in lengths])
+    visible = (owner[:, None] == owner[None, :]) & (inside[:, None] >= inside[None, :])
+    mask = torch.zeros(1, 1, total - p_len, total)
+    mask[0, 0, :, p_len:] = torch.where(visible, 0.0, blocked)
+    with generator.prefill():
+        fused = body(input_ids=torch.tensor([sum(passages, [])]), position_ids=(p_len + inside)[None],
+                     past_key_values=shared, attention_mask={"full_attention": mask, "sliding_attention": mask},
+                     use_cache=True).past_key_values
+    del mask, visible
+    # The question sees every cached token and itself causally; same mask for both layer kinds.
     mask = torch.zeros(1, 1, s_len, total + s_len)
     mask[0, 0, :, total:] = torch.triu(torch.full((s_len, s_len), blocked), diagonal=1)
     position = p_len + longest
