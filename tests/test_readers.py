@@ -135,6 +135,18 @@ def test_decoder_fid_with_one_passage_equals_plain_decoding(generator):
         assert torch.allclose(step(token), after.last_hidden_state[:, -1], atol=1e-3)
 
 
+def test_decoder_fid_passages_do_not_see_each_other(generator):
+    """Packed in one sequence, each passage is still read alone: their order cannot change the reading."""
+    import torch
+
+    hits = make_hits([("Quillport", FACT)] + DISTRACTORS)
+    question = "What is Quillport known for?"
+    with generator.session():
+        forward, _ = fid_start(question, hits, generator)
+        backward, _ = fid_start(question, hits[::-1], generator)
+    assert torch.allclose(forward, backward, atol=1e-3)
+
+
 def test_decoder_fid_caps_long_passages_to_the_sliding_window(generator, encoder):
     long_fact = FACT + " " + " ".join(["The harbour trades in wool, tin and timber."] * 120)
     hits = make_hits([("Quillport", long_fact)] + [(t, x + " " + x * 40) for t, x in DISTRACTORS])
