@@ -289,14 +289,24 @@ class LocalGenerator:
         yield from stream_until_stop(pieces(), stop)
 
 
+NUCLEUS_SHORTLIST = 1024  # most likely tokens sorted first; the whole vocabulary only if they miss top_p
+
+
 def pick_tokens(logits, temperature: float, sampler=None, top_p: float = 0.95):
-    """(rows, vocab) logits -> (rows,) next tokens: argmax, or nucleus sampling at a temperature."""
+    """(rows, vocab) logits -> (rows,) next tokens: argmax, or nucleus sampling at a temperature.
+
+    The nucleus is the smallest set of most likely tokens reaching ``top_p``. It almost always lies
+    among the top thousand of Gemma's 262k tokens, and sorting those alone is exact then and saves
+    sorting the whole vocabulary at every step (60 ms of a HyDE step's 100 ms).
+    """
     import torch
 
     if not temperature or temperature <= 0:
         return torch.argmax(logits, dim=-1)
     probs = torch.softmax(logits.float() / float(temperature), dim=-1)
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    sorted_probs, order = torch.topk(probs, min(NUCLEUS_SHORTLIST, probs.shape[-1]), dim=-1)
+    if bool((sorted_probs.sum(dim=-1) < top_p).any()):
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
     outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
     sorted_probs = sorted_probs.masked_fill(outside, 0.0)
     picked = torch.multinomial(sorted_probs, 1, generator=sampler)

@@ -30,6 +30,7 @@ from rag.evidence import CALL, STOP_WORDS, WORD, Sentence, answer_type, fits_typ
 from rag.records import Hit
 
 DEFAULT_MAX_NEW_TOKENS = 16  # answers are short phrases: SQuAD's average 3 words
+FID_SENTENCES = 2  # sentences of each passage the fid reader reads (0: the whole passage)
 EVIDENCE_SENTENCES = 2  # sentences the prompt reader reads (top 2 hold the answer ~88% on SQuAD dev)
 TYPE_BONUS = 1.0  # log-prob added to a first token that fits the expected answer type
 ECHO_PENALTY = 2.0  # log-prob taken from a first token that repeats the question or is a stop word
@@ -279,7 +280,8 @@ def passage_block(n: int, hit: Hit, text: str | None = None) -> str:
 
 def read_with_fid(question: str, hits: list[Hit], generator, encoder=None,
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, on_token: Callable[[str], None] | None = None,
-                  seed: int | None = 0, passage_tokens: int | None = None, **_) -> Reading:
+                  seed: int | None = 0, passage_tokens: int | None = None,
+                  window_sentences: int | None = None, question_vector=None, **_) -> Reading:
     """Each passage encoded on its own, the decoder reading all of them together."""
     if getattr(generator, "model", None) is None:
         raise RagError(f"the fid reader needs a local model (the generator {generator.name!r} is remote); "
@@ -292,7 +294,21 @@ def read_with_fid(question: str, hits: list[Hit], generator, encoder=None,
         return checked(raw, hits, question, evidence, on_token) if evidence else \
             Reading(text=raw.strip(), cited=[n for n, h in enumerate(hits, 1) if supported(raw, h.passage.text)][:1],
                     passages_used=len(hits), method="checked")
-    return _fid_decoder_only(question, hits, generator, max_new_tokens, passage_tokens, on_token)
+    texts = [" ".join(h.passage.text.split()) for h in hits]
+    window_sentences = FID_SENTENCES if window_sentences is None else window_sentences
+    if window_sentences and encoder is not None:
+        texts = evidence_windows(rank_sentences(question, hits, encoder, question_vector), hits, window_sentences)
+    return _fid_decoder_only(question, hits, texts, generator, max_new_tokens, passage_tokens, on_token)
+
+
+def evidence_windows(ranked: list[Sentence], hits: list[Hit], per_passage: int) -> list[str]:
+    """Each passage cut to its ``per_passage`` best sentences, kept in their order in the passage."""
+    chosen: dict[int, list[Sentence]] = {}
+    for sentence in ranked:
+        if len(chosen.setdefault(sentence.n, [])) < per_passage:
+            chosen[sentence.n].append(sentence)
+    return [" ".join(" ".join(s.text.split()) for s in sorted(chosen.get(n, []), key=lambda s: s.start))
+            or " ".join(hit.passage.text.split()) for n, hit in enumerate(hits, 1)]
 
 
 def _fid_encoder_decoder(question: str, hits: list[Hit], generator, max_new_tokens: int, seed: int | None,
@@ -321,15 +337,14 @@ def fid_window(model) -> int:
     return int(window) if window else int(getattr(config, "max_position_embeddings", 2048))
 
 
-def _fid_decoder_only(question: str, hits: list[Hit], generator, max_new_tokens: int,
+def _fid_decoder_only(question: str, hits: list[Hit], texts: list[str], generator, max_new_tokens: int,
                       passage_tokens: int | None, on_token: Callable[[str], None] | None) -> Reading:
     """Fusion-in-decoder on a decoder-only model, decoding constrained to copy from the passages."""
     tokenizer = generator.tokenizer
     with generator.session():
-        hidden, step = fid_start(question, hits, generator, max_new_tokens, passage_tokens)
-        # Sources: each passage's text (after its "Context: title:" opening), so a copy is passage text.
-        sources, prior, stop_prior = copy_sources(question, [" ".join(h.passage.text.split()) for h in hits],
-                                                  tokenizer)
+        hidden, step = fid_start(question, hits, generator, max_new_tokens, passage_tokens, texts)
+        # Sources: each window's text (after its "Context: title:" opening), so a copy is passage text.
+        sources, prior, stop_prior = copy_sources(question, texts, tokenizer)
         copy = copy_decode(hidden, step, generator.model, tokenizer, sources,
                            stop_tokens(tokenizer, generator._eos_ids()), max_tokens=max_new_tokens,
                            prior=prior, stop_prior=stop_prior, on_token=on_token)
@@ -337,7 +352,7 @@ def _fid_decoder_only(question: str, hits: list[Hit], generator, max_new_tokens:
 
 
 def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-              passage_tokens: int | None = None):
+              passage_tokens: int | None = None, texts: list[str] | None = None):
     """Parallel context windows over one decoder: shared prefix, per-passage caches, one question.
 
     Returns the last hidden state after the question and a ``step(token) -> hidden`` that decodes on.
@@ -362,7 +377,7 @@ def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = D
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     passages = []
     for n, hit in enumerate(hits, 1):
-        ids = tokenizer(passage_block(n, hit), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(passage_block(n, hit, texts[n - 1] if texts else None), add_special_tokens=False)["input_ids"]
         passages.append(ids if len(ids) <= cap else ids[: cap - len(newline)] + newline)
     lengths = [len(ids) for ids in passages]
     longest = max(lengths)

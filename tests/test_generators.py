@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rag.errors import RagError
-from rag.generators import GeneratorError, OpenAIGenerator, cut_at_stop, load_generator, stream_until_stop
+from rag.generators import (GeneratorError, OpenAIGenerator, cut_at_stop, load_generator, pick_tokens,
+                            stream_until_stop)
 
 
 # --- pure helpers ---------------------------------------------------------------------------------
@@ -30,6 +31,24 @@ def test_streaming_never_shows_a_stop_sequence_split_across_pieces():
 # --- the real local model -------------------------------------------------------------------------
 
 COUNTING = "Count: 1, 2, 3, 4, 5,"
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0])  # too flat for the shortlist, and peaked
+def test_nucleus_sampling_only_draws_from_the_nucleus(spread):
+    import torch
+
+    logits = torch.randn(3, 50_000, generator=torch.Generator().manual_seed(0)) * spread
+    probs = torch.softmax(logits / 0.7, dim=-1)
+    ranked, order = torch.sort(probs, dim=-1, descending=True)
+    sizes = ((ranked.cumsum(-1) - ranked) <= 0.95).sum(-1)  # the nucleus of each row, by a full sort
+    nucleus = [set(order[r, :sizes[r]].tolist()) for r in range(3)]
+    assert all((size > 1024) == (spread < 1) for size in sizes.tolist())  # both paths are taken
+    sampler = torch.Generator().manual_seed(1)
+    draws = [pick_tokens(logits, 0.7, sampler).tolist() for _ in range(200)]
+    for r in range(3):
+        seen = {d[r] for d in draws}
+        assert seen <= nucleus[r] and len(seen) > 1
+    assert pick_tokens(logits, 0.0).tolist() == logits.argmax(-1).tolist()
 
 
 def test_local_greedy_is_deterministic_and_stops_before_the_stop_sequence(generator):
