@@ -8,8 +8,8 @@ from rag.copying import CopyConstraint
 from rag.errors import RagError
 from rag.evidence import answer_type, rank_sentences, split_sentences
 from rag.readers import (
-    READERS, _answer_block, examples, fid_start, get_reader, passage_block, read_extractive, read_with_fid,
-    read_with_prompt, supported,
+    READERS, _answer_block, evidence_windows, examples, fid_start, get_reader, passage_block, read_extractive,
+    read_with_fid, read_with_prompt, supported,
 )
 from rag.records import Document, Hit, Passage
 
@@ -150,8 +150,20 @@ def test_decoder_fid_passages_do_not_see_each_other(generator):
 def test_decoder_fid_caps_long_passages_to_the_sliding_window(generator, encoder):
     long_fact = FACT + " " + " ".join(["The harbour trades in wool, tin and timber."] * 120)
     hits = make_hits([("Quillport", long_fact)] + [(t, x + " " + x * 40) for t, x in DISTRACTORS])
-    reading = read_with_fid("Who founded Quillport?", hits, generator, encoder=encoder)
+    reading = read_with_fid("Who founded Quillport?", hits, generator, encoder=encoder, window_sentences=0)
     assert "Marrow" in reading.text and reading.cited == [1]
+
+
+def test_fid_reads_each_passages_best_sentences_in_their_order(encoder):
+    hits = make_hits([("Quillport", FACT)] + DISTRACTORS)
+    ranked = rank_sentences("Who founded Quillport, and when?", hits, encoder)
+    windows = evidence_windows(ranked, hits, 2)
+    assert len(windows) == len(hits)
+    for n, (hit, window) in enumerate(zip(hits, windows), 1):
+        best = [s for s in ranked if s.n == n][:2]
+        assert window == " ".join(" ".join(s.text.split()) for s in sorted(best, key=lambda s: s.start))
+    assert "founded in 1742" in windows[0]
+    assert evidence_windows([], hits, 1) == [" ".join(h.passage.text.split()) for h in hits]  # nothing ranked
 
 
 @pytest.fixture(scope="module")
