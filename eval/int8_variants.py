@@ -175,7 +175,8 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("--cache", required=True, help="model cache holding (or to hold) the float32 export")
     parser.add_argument("--passages", type=int, default=2000)
-    parser.add_argument("--variants", default="dynamic", help="comma-separated variant names (see VARIANTS)")
+    parser.add_argument("--variants", default="dynamic", help="comma-separated: dynamic, layerN (only layer N), static[-pct|-ent][-u8|-rr], each with an "
+                             "optional :ex<layer|*><o|i|a>+... of MatMuls left float32, e.g. dynamic:ex0o+ex1o")
     parser.add_argument("--out", default=None, help="JSON lines of results, appended")
     parser.add_argument("--calibration", type=int, default=300, help="calibration texts for static variants")
     args = parser.parse_args()
