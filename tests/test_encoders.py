@@ -21,8 +21,8 @@ from rag.library import open_library
 from rag.search import search
 
 # Cosine against torch on real passages, (mean, worst) that each back end must reach. Measured on
-# 1,000 Python-docs passages: onnx 1.00000 / 1.00000 (to 5 places), onnx-int8 0.9934 / 0.9792.
-AGREEMENT = {"torch": (0.99999, 0.99999), "onnx": (0.99999, 0.9999), "onnx-int8": (0.99, 0.97)}
+# 1,000 Python-docs passages: onnx 1.00000 / 1.00000 (to 5 places), onnx-int8 0.9972 / 0.9917.
+AGREEMENT = {"torch": (0.99999, 0.99999), "onnx": (0.99999, 0.9999), "onnx-int8": (0.995, 0.98)}
 
 NOTES = {
     "lighthouse.md": "# Lighthouse keepers\n\nThe keeper trimmed the lamp wick every evening and logged passing ships.",
@@ -72,7 +72,7 @@ def test_vectors_agree_with_torch(encoders, passages, name):
     ours, theirs = vectors @ reference.T, reference @ reference.T
     np.fill_diagonal(ours, -1)
     np.fill_diagonal(theirs, -1)
-    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= (0.99 if name == "onnx" else 0.9)
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= (0.99 if name == "onnx" else 0.95)  # int8: 0.98
 
 
 def test_export_is_made_once_reused_and_remade_when_broken(tmp_path, encoders, passages):
