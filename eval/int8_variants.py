@@ -5,13 +5,18 @@ float32 export and by each variant; per variant: cosine to float32 (mean, worst)
 query's dense top 10 it keeps, and dense nDCG@10 on the subset. Variants are made with ONNX Runtime's
 quantizers from the cached float32 export:
 
-- ``dynamic``: ``quantize_dynamic`` (today's onnx-int8: uint8 per-channel weights, activations scaled per
-  batch), optionally leaving some MatMuls float32 (``nodes_to_exclude``);
-- ``static-*``: ``quantize_static`` in QDQ form, activation ranges calibrated on Python-docs text (never
-  SciFact) with MinMax, Percentile or Entropy;
-- ``layer-N``: only layer N's MatMuls quantized, to see which ones cost the most.
+- ``dynamic``: ``quantize_dynamic`` (the onnx-int8 form: uint8 per-channel weights, activations scaled
+  per batch; ``dynamic-rr`` 7-bit, ``dynamic-s8`` signed weights), optionally leaving some MatMuls
+  float32 (``:ex0o+ex1o`` = layers 0 and 1's feed-forward output; ``ex*i`` every feed-forward input);
+- ``static[-pct|-ent][-u8|-rr]``: ``quantize_static`` in QDQ form, activation ranges calibrated on
+  Python-docs text (never SciFact) with MinMax, Percentile or Entropy;
+- ``layerN``: only layer N's MatMuls quantized, to see which ones cost the most.
 
-    python -m eval.int8_variants ../shared/datasets/scifact --cache /work/meas13/cache --passages 2000
+Variants are kept under <cache>/variants/<name>.onnx and reused (delete them after changing this file).
+The figures of the current choice are in the README (Encoder back ends).
+
+    python -m eval.int8_variants ../shared/datasets/scifact --cache rag-data/models --passages 500 \
+        --variants "dynamic,layer0,dynamic:ex0o+ex1o+ex2o"
 """
 from __future__ import annotations
 
@@ -170,60 +175,71 @@ def compare(ref_docs, ref_queries, docs, queries, doc_ids, query_ids, dataset) -
             "ndcg@10": round(evaluate(dataset.qrels, run)["ndcg@10"], 4)}
 
 
+def make_variant(variant: str, fp32: Path, target: Path, encoder: OnnxEncoder, calibration: int = 300) -> None:
+    """Write one named variant (see the module docstring) of the float32 export ``fp32`` to ``target``."""
+    names = matmul_names(fp32)
+    kind, _, rest = variant.partition(":")
+    exclude = []
+    for item in filter(None, rest.split("+")):  # ex<layer or *><part: o, i, a, or none for the whole layer>
+        if not item.startswith("ex") or len(item) < 3 or item[3:] not in ("", "o", "i", "a"):
+            raise ValueError(f"unknown exclusion {item!r} in variant {variant!r}")
+        parts = {"": LAYER_PARTS, "o": ("output/dense",), "i": ("intermediate/dense",),
+                 "a": ("attention/output/dense",)}[item[3:]]
+        exclude += pick(names, list(range(12)) if item[2] == "*" else [int(item[2])], parts)
+    if kind.startswith("layer"):  # only layer N quantized
+        exclude = [n for n in names if n not in pick(names, [int(kind[5:])])]
+        kind = "dynamic"
+    if kind in ("dynamic", "dynamic-rr", "dynamic-s8"):
+        quantize_dynamic_variant(fp32, target, exclude, reduce_range=kind == "dynamic-rr", signed=kind == "dynamic-s8")
+    elif kind.startswith("static"):
+        method = "Percentile" if "-pct" in kind else "Entropy" if "-ent" in kind else "MinMax"
+        reader = _TextReader(encoder, calibration_texts(calibration))
+        quantize_static_variant(fp32, target, reader, method, exclude, unsigned_weights="-u8" in kind,
+                                reduce_range="-rr" in kind)
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+
+
+def measure(dataset_dir: str | Path, cache: str | Path, variants: list[str], passages: int = 2000,
+            work: str | Path | None = None, calibration: int = 300):
+    """Yield one row per variant (float32 first): cosine to float32, top-10 kept, subset nDCG@10."""
+    dataset = load_beir(dataset_dir)
+    encoder = OnnxEncoder(cache_dir=cache)
+    fp32 = onnx_export_dir(encoder.path, cache) / ONNX_FILE
+    work = Path(work) if work else Path(cache) / "variants"
+    work.mkdir(parents=True, exist_ok=True)
+    doc_ids, texts = subset(dataset, passages)
+    query_ids = sorted(dataset.queries)
+    queries = [dataset.queries[q] for q in query_ids]
+    ref_docs, ref_queries = encode_with(encoder, fp32, texts), encode_with(encoder, fp32, queries)
+    logging.disable(logging.WARNING)  # the quantizers' advice to pre-process (shape inference fails here)
+    try:
+        yield {"variant": "float32", "int8_share": 0.0,
+               **compare(ref_docs, ref_queries, ref_docs, ref_queries, doc_ids, query_ids, dataset)}
+        for variant in variants:
+            target = work / f"{variant}.onnx"
+            if not target.exists():
+                make_variant(variant, fp32, target, encoder, calibration)
+            docs, qs = encode_with(encoder, target, texts), encode_with(encoder, target, queries)
+            yield {"variant": variant, "int8_share": int8_share(target),
+                   **compare(ref_docs, ref_queries, docs, qs, doc_ids, query_ids, dataset)}
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
     parser.add_argument("--cache", required=True, help="model cache holding (or to hold) the float32 export")
     parser.add_argument("--passages", type=int, default=2000)
-    parser.add_argument("--variants", default="dynamic", help="comma-separated: dynamic, layerN (only layer N), static[-pct|-ent][-u8|-rr], each with an "
-                             "optional :ex<layer|*><o|i|a>+... of MatMuls left float32, e.g. dynamic:ex0o+ex1o")
+    parser.add_argument("--variants", default="dynamic",
+                        help="comma-separated: dynamic, layerN (only layer N), static[-pct|-ent][-u8|-rr], each with "
+                             "an optional :ex<layer|*><o|i|a>+... of MatMuls left float32, e.g. dynamic:ex0o+ex1o")
     parser.add_argument("--out", default=None, help="JSON lines of results, appended")
     parser.add_argument("--calibration", type=int, default=300, help="calibration texts for static variants")
     args = parser.parse_args()
-
-    dataset = load_beir(args.dataset)
-    encoder = OnnxEncoder(cache_dir=args.cache)
-    fp32 = onnx_export_dir(encoder.path, args.cache) / ONNX_FILE
-    work = Path(args.cache) / "variants"
-    work.mkdir(parents=True, exist_ok=True)
-    doc_ids, texts = subset(dataset, args.passages)
-    query_ids = sorted(dataset.queries)
-    queries = [dataset.queries[q] for q in query_ids]
-    ref_docs, ref_queries = encode_with(encoder, fp32, texts), encode_with(encoder, fp32, queries)
-    names = matmul_names(fp32)
-    reader = None
-    logging.disable(logging.WARNING)
-    print(json.dumps({"variant": "float32", **compare(ref_docs, ref_queries, ref_docs, ref_queries, doc_ids,
-                                                      query_ids, dataset)}), flush=True)
-    for variant in args.variants.split(","):
-        target = work / f"{variant}.onnx"
-        if not target.exists():
-            kind, _, rest = variant.partition(":")
-            exclude = []
-            if rest:  # e.g. "dynamic:ex5o" = leave layer 5's output/dense float32; "ex5" = all of layer 5
-                for item in rest.split("+"):  # ex<layer or *><part: o, i, a or all>
-                    layer, part = item[2], item[3:]
-                    parts = {"": LAYER_PARTS, "o": ("output/dense",), "i": ("intermediate/dense",),
-                             "a": ("attention/output/dense",)}[part]
-                    exclude += pick(names, list(range(12)) if layer == "*" else [int(layer)], parts)
-            if kind.startswith("layer"):  # only layer N quantized
-                exclude = [n for n in names if n not in pick(names, [int(kind[5:])])]
-                kind = "dynamic"
-            if kind in ("dynamic", "dynamic-rr", "dynamic-s8"):
-                quantize_dynamic_variant(fp32, target, exclude, reduce_range=kind == "dynamic-rr",
-                                         signed=kind == "dynamic-s8")
-            elif kind.startswith("static"):
-                if reader is None:
-                    reader = _TextReader(encoder, calibration_texts(args.calibration))
-                # static[-pct|-ent][-u8|-rr]: calibration method; uint8 weights or 7-bit signed ones
-                method = "Percentile" if "-pct" in kind else "Entropy" if "-ent" in kind else "MinMax"
-                quantize_static_variant(fp32, target, reader, method, exclude, unsigned_weights="-u8" in kind,
-                                        reduce_range="-rr" in kind)
-            else:
-                raise SystemExit(f"unknown variant {variant}")
-        docs, qs = encode_with(encoder, target, texts), encode_with(encoder, target, queries)
-        row = {"variant": variant, "int8_share": int8_share(target),
-               **compare(ref_docs, ref_queries, docs, qs, doc_ids, query_ids, dataset)}
+    for row in measure(args.dataset, args.cache, args.variants.split(","), args.passages,
+                       calibration=args.calibration):
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a", encoding="utf-8") as f:
