@@ -83,6 +83,12 @@ def backends_can_share_a_store(a: str, b: str) -> bool:
     return VECTOR_FAMILY[check_encoder_backend(a)] == VECTOR_FAMILY[check_encoder_backend(b)]
 
 
+def vectors_tag(backend: str) -> str:
+    """A back end's name for cache keys of stored vectors; int8 also names its export, whose vectors
+    change with it (float32 exports all give torch's)."""
+    return f"{backend}-v{EXPORT_VERSION}" if VECTOR_FAMILY[check_encoder_backend(backend)] == "int8" else backend
+
+
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

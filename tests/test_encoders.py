@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from eval.corpora import real_passages
 from rag.cli import main
 from rag.encoders import (DEFAULT_ENCODER, ENCODER_BACKENDS, EXPORT_VERSION, FLOAT_FFN_OUTPUT_LAYERS, INT8_FILE,
-                          ONNX_FILE, EncoderError, OnnxEncoder, ffn_output_matmuls, onnx_export_dir)
+                          ONNX_FILE, EncoderError, OnnxEncoder, ffn_output_matmuls, onnx_export_dir, vectors_tag)
 from rag.errors import RagError
 from rag.ingest import ingest_paths
 from rag.library import open_library
@@ -121,6 +121,15 @@ def test_int8_export_keeps_the_first_feed_forward_outputs_float(encoders):
     assert len(fp32_matmuls) == 18  # six layers: attention output, feed-forward in and out
     quantized = [n for n in int8.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     assert len(quantized) == len(fp32_matmuls) - FLOAT_FFN_OUTPUT_LAYERS
+
+
+def test_cached_vectors_are_keyed_by_back_end_and_int8_export():
+    """Caches of stored vectors (eval stores, benchmark vectors): float32 back ends keep their old keys,
+    int8 ones name the export, so a new export never reuses an old one's vectors."""
+    assert [vectors_tag(b) for b in ("torch", "onnx")] == ["torch", "onnx"]
+    assert vectors_tag("onnx-int8") == f"onnx-int8-v{EXPORT_VERSION}"
+    with pytest.raises(EncoderError, match="unknown encoder back end 'int4'"):
+        vectors_tag("int4")
 
 
 def test_a_missing_model_directory_is_a_clear_error(tmp_path):
