@@ -121,16 +121,16 @@ def calibration_texts(count: int, seed: int = 0) -> list[str]:
 def quantize_static_variant(source: Path, target: Path, reader: _TextReader, method: str = "MinMax",
                             exclude: list[str] = (), unsigned_weights: bool = False, reduce_range: bool = False,
                             extra: dict | None = None) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # the fused operators have no type inference: name the MatMuls' inputs float, or they stay unquantized
     model = onnx.load(str(source))
     known = {v.name for v in model.graph.value_info}
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[0] not in known:
-            model.graph.value_info.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+            info = onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None)
+            model.graph.value_info.append(info)
     typed = target.with_name(target.name + ".typed.onnx")
     onnx.save(model, str(typed))
     reader.rewind()
@@ -138,7 +138,8 @@ def quantize_static_variant(source: Path, target: Path, reader: _TextReader, met
         quantize_static(str(typed), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         op_types_to_quantize=["MatMul"], nodes_to_exclude=list(exclude),
                         activation_type=QuantType.QUInt8, reduce_range=reduce_range,
-                        weight_type=QuantType.QUInt8 if unsigned_weights else QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, method),
+                        weight_type=QuantType.QUInt8 if unsigned_weights else QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method),
                         extra_options={"DefaultTensorType": 1, **(extra or {})})
     finally:
         typed.unlink(missing_ok=True)
