@@ -149,14 +149,14 @@ def _fingerprint(path: Path, extra: str) -> str:
 
 def open_squad(path: str | Path, data_dir: Path, progress=None) -> AnswerDataset:
     """The SQuAD file's paragraphs in a store cached under <data>/eval/squad-<hash>/ (ingested once)."""
-    from rag.encoders import load_encoder
+    from rag.encoders import load_encoder, vectors_tag
     from rag.ingest import ingest_documents
     from rag.library import open_library
 
     dataset = load_squad(path)
     encoder = load_encoder()
     backend = getattr(encoder, "backend", "torch")
-    key = _fingerprint(dataset.path, encoder.name if backend == "torch" else f"{encoder.name}:{backend}")
+    key = _fingerprint(dataset.path, encoder.name if backend == "torch" else f"{encoder.name}:{vectors_tag(backend)}")
     directory = Path(data_dir) / "eval" / f"squad-{key}"
     library = open_library(directory, encoder=encoder)
     stored = library.documents(SQUAD_COLLECTION)

@@ -195,7 +195,7 @@ def run_cluster_bench(dataset_dir: str | Path, data: Path, address: str, shards:
                       ingest_documents: int = 1000, modes: list[str] | None = None, split: str = "test",
                       skip_ingest: bool = False, skip_quality: bool = False) -> ClusterReport:
     """Both measurements (see the module docstring); stores live under <data>/eval/cluster/."""
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, load_encoder
+    from rag.encoders import DEFAULT_ENCODER_BACKEND, VECTOR_FAMILY, load_encoder, vectors_tag
     from rag.generators import model_cache_dir
 
     modes = list(modes or MODES)
@@ -207,6 +207,8 @@ def run_cluster_bench(dataset_dir: str | Path, data: Path, address: str, shards:
     docs = subset(dataset, query_ids, documents)
     encoder = load_encoder(None, DEFAULT_ENCODER_BACKEND, cache_dir=model_cache_dir(data))
     root = data / "eval" / "cluster" / f"{dataset.name}-{corpus_fingerprint(dataset.path)}-{len(docs)}"
+    if VECTOR_FAMILY[encoder.backend] != "float32":  # float32 back ends share the stores of earlier runs
+        root = root.with_name(f"{root.name}-{vectors_tag(encoder.backend)}")
     report = ClusterReport(dataset.name, len(docs), len(query_ids), shards)
     if not skip_ingest:
         items = records(docs[:ingest_documents])

@@ -110,7 +110,7 @@ def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: boo
                     model: str | None = None, encoder_backend: str | None = None) -> EvalStore:
     """The dataset's store under <data>/eval/, one per encoder back end, ingested on first use and reused after."""
     from rag.config import data_dir
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, load_encoder
+    from rag.encoders import DEFAULT_ENCODER_BACKEND, load_encoder, vectors_tag
     from rag.generators import model_cache_dir
     from rag.ingest import ingest_documents
     from rag.library import open_library
@@ -119,7 +119,7 @@ def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: boo
     encoder = load_encoder(model, encoder_backend or DEFAULT_ENCODER_BACKEND, cache_dir=model_cache_dir(data))
     extra = f"{encoder.name}:{getattr(encoder, 'path', '')}"
     if encoder.backend != "torch":  # torch stores keep the key they had before back ends existed
-        extra += f":{encoder.backend}"
+        extra += f":{vectors_tag(encoder.backend)}"
     key = corpus_fingerprint(dataset.path, extra=extra)
     directory = data_dir(data) / "eval" / f"{dataset.name}-{key}"
     marker = directory / MARKER
