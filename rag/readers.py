@@ -8,7 +8,7 @@ with a citation on it:
 - ``prompt``: the best evidence sentences in one short few-shot prompt; the generator's decoding is
   constrained to copy a span of them (rag.copying), so the generator chooses the span and the
   passage it came from is the citation.
-- ``fid``: fusion-in-decoder (Izacard & Grave 2020): each passage (cut to its best evidence sentence,
+- ``fid``: fusion-in-decoder (Izacard & Grave 2020): each passage (cut to its best evidence sentences,
   ``FID_SENTENCES``) is encoded on its own and the decoder reads all of them at once; on decoder-only models each passage's key/value cache is
   computed on its own after a shared prefix, all from the same position (parallel context windows),
   and the caches are concatenated. Decoding is constrained to copy from the passages, as above.
@@ -30,7 +30,7 @@ from rag.evidence import CALL, STOP_WORDS, WORD, Sentence, answer_type, fits_typ
 from rag.records import Hit
 
 DEFAULT_MAX_NEW_TOKENS = 16  # answers are short phrases: SQuAD's average 3 words
-FID_SENTENCES = 1  # sentences of each passage the fid reader reads (0: the whole passage)
+FID_SENTENCES = 2  # sentences of each passage the fid reader reads (0: the whole passage)
 EVIDENCE_SENTENCES = 2  # sentences the prompt reader reads (top 2 hold the answer ~88% on SQuAD dev)
 TYPE_BONUS = 1.0  # log-prob added to a first token that fits the expected answer type
 ECHO_PENALTY = 2.0  # log-prob taken from a first token that repeats the question or is a stop word
