@@ -297,7 +297,7 @@ def pick_tokens(logits, temperature: float, sampler=None, top_p: float = 0.95):
 
     The nucleus is the smallest set of most likely tokens reaching ``top_p``. It almost always lies
     among the top thousand of Gemma's 262k tokens, and sorting those alone is exact then and saves
-    sorting the whole vocabulary at every step (60 ms of a HyDE step's 100 ms).
+    sorting the whole vocabulary at every step (profiled: 13% of HyDE's sampling time, 60 ms a step).
     """
     import torch
 
