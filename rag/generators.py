@@ -161,8 +161,8 @@ class LocalGenerator:
         self.path = path
         self.lock = threading.RLock()
         self.threads = int(threads or os.environ.get("RAG_GENERATOR_THREADS") or 1)
-        self.prefill_threads = int(os.environ.get("RAG_GENERATOR_PREFILL_THREADS")
-                                   or max(self.threads, len(os.sched_getaffinity(0))))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # Linux only
+        self.prefill_threads = int(os.environ.get("RAG_GENERATOR_PREFILL_THREADS") or max(self.threads, cores))
 
     def session(self):
         """Hold the model for one generation: the lock, no autograd, and few torch threads.

@@ -9,9 +9,10 @@ with a citation on it:
   constrained to copy a span of them (rag.copying), so the generator chooses the span and the
   passage it came from is the citation.
 - ``fid``: fusion-in-decoder (Izacard & Grave 2020): each passage (cut to its best evidence sentences,
-  ``FID_SENTENCES``) is encoded on its own and the decoder reads all of them at once; on decoder-only models each passage's key/value cache is
-  computed on its own after a shared prefix, all from the same position (parallel context windows),
-  and the caches are concatenated. Decoding is constrained to copy from the passages, as above.
+  ``FID_SENTENCES``) is encoded on its own and the decoder reads all of them at once; on decoder-only
+  models the passages are packed into one sequence after a shared prefix, each from the same position
+  and masked from the others (parallel context windows). Decoding is constrained to copy from the
+  passages, as above.
 
 Generators that cannot be constrained (a remote OpenAI-compatible server, encoder-decoder models)
 write freely; the answer is then checked against the passages, and one they do not support falls
@@ -294,10 +295,11 @@ def read_with_fid(question: str, hits: list[Hit], generator, encoder=None,
         return checked(raw, hits, question, evidence, on_token) if evidence else \
             Reading(text=raw.strip(), cited=[n for n, h in enumerate(hits, 1) if supported(raw, h.passage.text)][:1],
                     passages_used=len(hits), method="checked")
-    texts = [" ".join(h.passage.text.split()) for h in hits]
     window_sentences = FID_SENTENCES if window_sentences is None else window_sentences
     if window_sentences and encoder is not None:
         texts = evidence_windows(rank_sentences(question, hits, encoder, question_vector), hits, window_sentences)
+    else:
+        texts = [" ".join(h.passage.text.split()) for h in hits]
     return _fid_decoder_only(question, hits, texts, generator, max_new_tokens, passage_tokens, on_token)
 
 
