@@ -6,8 +6,10 @@ query's dense top 10 it keeps, and dense nDCG@10 on the subset. Variants are mad
 quantizers from the cached float32 export:
 
 - ``dynamic``: ``quantize_dynamic`` (the onnx-int8 form: uint8 per-channel weights, activations scaled
-  per batch; ``dynamic-rr`` 7-bit, ``dynamic-s8`` signed weights), optionally leaving some MatMuls
-  float32 (``:ex0o+ex1o`` = layers 0 and 1's feed-forward output; ``ex*i`` every feed-forward input);
+  per batch; ``dynamic-rr`` 7-bit, ``dynamic-s8`` signed weights; a ``-qkv`` suffix quantizes the fused
+  attention's query/key/value projection too), optionally leaving some MatMuls
+  float32 (``:ex0o+ex1o`` = layers 0 and 1's feed-forward output; ``ex*i`` every feed-forward input;
+  ``ex3q`` layer 3's attention projection, with ``-qkv``);
 - ``static[-pct|-ent][-u8|-rr]``: ``quantize_static`` in QDQ form, activation ranges calibrated on
   Python-docs text (never SciFact) with MinMax, Percentile or Entropy;
 - ``layerN``: only layer N's MatMuls quantized, to see which ones cost the most.
@@ -16,7 +18,7 @@ Variants are kept under <cache>/variants/<name>.onnx and reused (delete them aft
 The figures of the current choice are in the README (Encoder back ends).
 
     python -m eval.int8_variants ../shared/datasets/scifact --cache rag-data/models --passages 500 \
-        --variants "dynamic,layer0,dynamic:ex0o+ex1o+ex2o"
+        --variants "dynamic,layer0,dynamic-qkv:ex0o+ex1o+ex2o+ex3q+ex4q+ex5q"
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from eval.beir import load_beir
 from eval.metrics import evaluate
-from rag.encoders import ONNX_FILE, OnnxEncoder, _session, onnx_export_dir
+from rag.encoders import ONNX_FILE, OnnxEncoder, _session, attention_blocks, onnx_export_dir
 
 LAYER_PARTS = ("attention/output/dense", "intermediate/dense", "output/dense")
 
@@ -74,11 +76,12 @@ def int8_share(model_path: Path) -> float:
 
 
 def quantize_dynamic_variant(source: Path, target: Path, exclude: list[str] = (), reduce_range: bool = False,
-                             signed: bool = False) -> None:
+                             signed: bool = False, attention: bool = False) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8 if signed else QuantType.QUInt8,
-                     per_channel=True, reduce_range=reduce_range, op_types_to_quantize=["MatMul"],
+                     per_channel=True, reduce_range=reduce_range,
+                     op_types_to_quantize=["MatMul", "Attention"] if attention else ["MatMul"],
                      nodes_to_exclude=list(exclude), extra_options={"DefaultTensorType": 1})
 
 
@@ -179,19 +182,25 @@ def compare(ref_docs, ref_queries, docs, queries, doc_ids, query_ids, dataset) -
 def make_variant(variant: str, fp32: Path, target: Path, encoder: OnnxEncoder, calibration: int = 300) -> None:
     """Write one named variant (see the module docstring) of the float32 export ``fp32`` to ``target``."""
     names = matmul_names(fp32)
+    attention = attention_blocks(fp32)
     kind, _, rest = variant.partition(":")
     exclude = []
-    for item in filter(None, rest.split("+")):  # ex<layer or *><part: o, i, a, or none for the whole layer>
-        if not item.startswith("ex") or len(item) < 3 or item[3:] not in ("", "o", "i", "a"):
+    for item in filter(None, rest.split("+")):  # ex<layer or *><part: o, i, a, q, or none for the whole layer>
+        if not item.startswith("ex") or len(item) < 3 or item[3:] not in ("", "o", "i", "a", "q"):
             raise ValueError(f"unknown exclusion {item!r} in variant {variant!r}")
+        layers = list(range(12)) if item[2] == "*" else [int(item[2])]
+        if item[3:] == "q":  # the fused attention's query/key/value projection (with -qkv)
+            exclude += [f"Attention_{layer}" for layer in layers if f"Attention_{layer}" in attention]
+            continue
         parts = {"": LAYER_PARTS, "o": ("output/dense",), "i": ("intermediate/dense",),
                  "a": ("attention/output/dense",)}[item[3:]]
-        exclude += pick(names, list(range(12)) if item[2] == "*" else [int(item[2])], parts)
+        exclude += pick(names, layers, parts)
     if kind.startswith("layer"):  # only layer N quantized
         exclude = [n for n in names if n not in pick(names, [int(kind[5:])])]
         kind = "dynamic"
-    if kind in ("dynamic", "dynamic-rr", "dynamic-s8"):
-        quantize_dynamic_variant(fp32, target, exclude, reduce_range=kind == "dynamic-rr", signed=kind == "dynamic-s8")
+    if kind.removesuffix("-qkv") in ("dynamic", "dynamic-rr", "dynamic-s8"):
+        quantize_dynamic_variant(fp32, target, exclude, reduce_range="-rr" in kind, signed="-s8" in kind,
+                                 attention=kind.endswith("-qkv"))
     elif kind.startswith("static"):
         method = "Percentile" if "-pct" in kind else "Entropy" if "-ent" in kind else "MinMax"
         reader = _TextReader(encoder, calibration_texts(calibration))
@@ -234,8 +243,8 @@ def main() -> None:
     parser.add_argument("--cache", required=True, help="model cache holding (or to hold) the float32 export")
     parser.add_argument("--passages", type=int, default=2000)
     parser.add_argument("--variants", default="dynamic",
-                        help="comma-separated: dynamic, layerN (only layer N), static[-pct|-ent][-u8|-rr], each with "
-                             "an optional :ex<layer|*><o|i|a>+... of MatMuls left float32, e.g. dynamic:ex0o+ex1o")
+                        help="comma-separated: dynamic[-s8|-rr][-qkv], layerN (only layer N), static[-pct|-ent][-u8|-rr], each with "
+                             "an optional :ex<layer|*><o|i|a|q>+... of MatMuls left float32, e.g. dynamic:ex0o+ex1o")
     parser.add_argument("--out", default=None, help="JSON lines of results, appended")
     parser.add_argument("--calibration", type=int, default=300, help="calibration texts for static variants")
     args = parser.parse_args()

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from eval.corpora import real_passages
 from rag.cli import main
-from rag.encoders import (DEFAULT_ENCODER, ENCODER_BACKENDS, EXPORT_VERSION, FLOAT_FFN_OUTPUT_LAYERS, INT8_FILE,
-                          ONNX_FILE, EncoderError, OnnxEncoder, ffn_output_matmuls, onnx_export_dir, vectors_tag)
+from rag.encoders import (DEFAULT_ENCODER, ENCODER_BACKENDS, EXPORT_VERSION, FLOAT_FFN_OUTPUT_LAYERS, INT8_ATTENTION_LAYERS,
+                          INT8_FILE, ONNX_FILE, EncoderError, OnnxEncoder, attention_blocks, ffn_output_matmuls,
+                          onnx_export_dir, vectors_tag)
 from rag.errors import RagError
 from rag.ingest import ingest_paths
 from rag.library import open_library
@@ -108,19 +109,24 @@ def test_export_is_made_once_reused_and_remade_when_broken(tmp_path, encoders, p
     assert np.allclose(OnnxEncoder(quantized=True, cache_dir=cache).encode(texts), expected, atol=1e-6)
 
 
-def test_int8_export_keeps_the_first_feed_forward_outputs_float(encoders):
-    """The first layers' feed-forward output MatMuls stay float32; every other MatMul outside attention
-    runs on int8 weights."""
+def test_int8_export_keeps_the_costliest_weights_float(encoders):
+    """The first layers' feed-forward output MatMuls and the last layers' attention projections stay
+    float32; every other weight multiplication runs on int8 weights."""
     import onnx
 
     int8 = onnx.load(str(encoders["onnx-int8"].file)).graph
     kept = ffn_output_matmuls(encoders["onnx"].file)
     assert len(kept) == FLOAT_FFN_OUTPUT_LAYERS and all("/output/dense/" in name for name in kept)
     assert sorted(n.name for n in int8.node if n.op_type == "MatMul") == sorted(kept)
-    fp32_matmuls = [n for n in onnx.load(str(encoders["onnx"].file)).graph.node if n.op_type == "MatMul"]
+    fp32 = onnx.load(str(encoders["onnx"].file)).graph.node
+    fp32_matmuls = [n for n in fp32 if n.op_type == "MatMul"]
     assert len(fp32_matmuls) == 18  # six layers: attention output, feed-forward in and out
     quantized = [n for n in int8.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     assert len(quantized) == len(fp32_matmuls) - FLOAT_FFN_OUTPUT_LAYERS
+    blocks = attention_blocks(encoders["onnx"].file)
+    assert len(blocks) == 6 and sum(n.op_type == "Attention" for n in fp32) == 6
+    assert sorted(n.name for n in int8.node if n.op_type == "Attention") == sorted(blocks[INT8_ATTENTION_LAYERS:])
+    assert sum(n.op_type == "QAttention" for n in int8.node) == INT8_ATTENTION_LAYERS
 
 
 def test_cached_vectors_are_keyed_by_back_end_and_int8_export():

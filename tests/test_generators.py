@@ -80,6 +80,27 @@ def test_local_sampling_follows_the_seed(generator):
     assert len(others | {first[0]}) > 1
 
 
+def test_sampling_head_scores_the_nucleus_as_float32_does(generator):
+    """Sampled steps score the vocabulary with int8 weights and the shortlist again in float32: the
+    distribution sampling reads is float32's (the int8 scores alone are not: they move the argmax)."""
+    import torch
+
+    head = generator.sampling_head()
+    assert head is not None and generator.sampling_head() is head  # made once
+    batch = generator.tokenizer([COUNTING, "The keeper of the lighthouse trimmed the"], return_tensors="pt",
+                                padding=True)
+    with torch.inference_mode():
+        hidden = generator.model.base_model(**batch).last_hidden_state[:, -1]
+        exact = generator.model.get_output_embeddings()(hidden)
+        fast = head(hidden)
+    assert fast.shape == exact.shape
+    top = torch.topk(exact, 50, dim=-1)
+    assert torch.equal(torch.topk(fast, 50, dim=-1).indices, top.indices)
+    assert torch.allclose(fast.gather(-1, top.indices), top.values, atol=1e-3)
+    p, q = torch.log_softmax(exact / 0.7, -1), torch.log_softmax(fast / 0.7, -1)
+    assert float((p.exp() * (p - q)).sum(-1).max()) < 1e-3  # KL in nats
+
+
 def test_local_stream_yields_the_same_text_in_pieces(generator):
     pieces = list(generator.stream(COUNTING, max_new_tokens=12, stop=[" 8"]))
     assert len(pieces) > 1

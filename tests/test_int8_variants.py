@@ -7,18 +7,20 @@ import pytest
 from test_eval_retrieval import write_dataset
 
 from eval.int8_variants import measure
-from rag.encoders import FLOAT_FFN_OUTPUT_LAYERS
+from rag.encoders import FLOAT_FFN_OUTPUT_LAYERS, INT8_ATTENTION_LAYERS
 
 
 def test_variants_are_measured_against_float32(tmp_path, encoders, model_cache):
     dataset = write_dataset(tmp_path / "beir")
-    shipped = "dynamic:" + "+".join(f"ex{layer}o" for layer in range(FLOAT_FFN_OUTPUT_LAYERS))
+    shipped = "dynamic-qkv:" + "+".join([f"ex{layer}o" for layer in range(FLOAT_FFN_OUTPUT_LAYERS)] +
+                                        [f"ex{layer}q" for layer in range(INT8_ATTENTION_LAYERS, 6)])
     rows = {row["variant"]: row for row in measure(dataset, model_cache, [shipped, "layer5"], passages=30,
                                                    work=tmp_path / "variants")}
     assert list(rows) == ["float32", shipped, "layer5"]
     assert rows["float32"]["cos_mean"] == 1.0 and rows["float32"]["top10_overlap"] == 1.0
-    # 15 of 18 MatMuls int8; float32: 3 feed-forward outputs and the 6 fused attentions' projections
-    assert rows[shipped]["int8_share"] == pytest.approx((6 * 384 * 384 + 9 * 384 * 1536) /
+    # 15 of 18 MatMuls and 3 of 6 fused attentions' projections int8; float32: 3 feed-forward outputs and
+    # the last 3 attention projections
+    assert rows[shipped]["int8_share"] == pytest.approx((15 * 384 * 384 + 9 * 384 * 1536) /
                                                         (6 * 384 * 384 * 4 + 12 * 384 * 1536), abs=1e-3)
     assert rows["layer5"]["int8_share"] == pytest.approx(0.125, abs=1e-3)
     for name in (shipped, "layer5"):  # close to float32, not equal
