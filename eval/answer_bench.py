@@ -4,7 +4,7 @@ SQuAD v1.1/v2.0 (a .json file or a directory holding one): every paragraph becom
 titled by its article, ingested once through the normal path into a store cached under
 <data>/eval/; every question is asked over that whole store. JSONL questions ({"id", "question",
 "answers", "pages"}; empty answers: unanswerable) are asked over the Python documentation
-(python3-doc), ingested once into <data>/bench/answer.
+(python3-doc), ingested once into <data>/bench/answer[-<int8 export>].
 
 Per reader (x HyDE): exact match and token F1 as the official SQuAD script computes them,
 containment (a normalized gold answer occurs in the answer), citation correctness (a cited
@@ -173,11 +173,17 @@ def open_squad(path: str | Path, data_dir: Path, progress=None) -> AnswerDataset
 
 def open_python_docs(questions_path: str | Path, data_dir: Path, docs_root: Path = DOCS_ROOT,
                      progress=None) -> AnswerDataset:
-    """JSONL questions over the Python documentation pages, ingested once into <data>/bench/answer."""
+    """JSONL questions over the Python documentation pages, ingested once into <data>/bench/answer/ (float32
+    back ends) or <data>/bench/answer-onnx-int8-v<N>/."""
     from rag.library import open_library
 
+    from rag.encoders import DEFAULT_ENCODER_BACKEND, VECTOR_FAMILY, vectors_tag
+
     questions = load_questions(questions_path)
-    library = open_library(Path(data_dir) / "bench" / "answer")
+    # one store per vector family: a new int8 export gets its own rather than refusing the old one
+    tag = vectors_tag(DEFAULT_ENCODER_BACKEND)
+    float32 = VECTOR_FAMILY.get(DEFAULT_ENCODER_BACKEND) == "float32"
+    library = open_library(Path(data_dir) / "bench" / ("answer" if float32 else f"answer-{tag}"))
     if not library.documents(COLLECTION):
         if not docs_root.is_dir():
             library.close()
