@@ -175,15 +175,12 @@ def open_python_docs(questions_path: str | Path, data_dir: Path, docs_root: Path
                      progress=None) -> AnswerDataset:
     """JSONL questions over the Python documentation pages, ingested once into <data>/bench/answer/ (float32
     back ends) or <data>/bench/answer-onnx-int8-v<N>/."""
+    from rag.encoders import DEFAULT_ENCODER_BACKEND, store_suffix
     from rag.library import open_library
 
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, VECTOR_FAMILY, vectors_tag
-
     questions = load_questions(questions_path)
-    # one store per vector family: a new int8 export gets its own rather than refusing the old one
-    tag = vectors_tag(DEFAULT_ENCODER_BACKEND)
-    float32 = VECTOR_FAMILY.get(DEFAULT_ENCODER_BACKEND) == "float32"
-    library = open_library(Path(data_dir) / "bench" / ("answer" if float32 else f"answer-{tag}"))
+    # a new int8 export gets its own store rather than a refusal of the old one
+    library = open_library(Path(data_dir) / "bench" / f"answer{store_suffix(DEFAULT_ENCODER_BACKEND)}")
     if not library.documents(COLLECTION):
         if not docs_root.is_dir():
             library.close()

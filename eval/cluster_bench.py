@@ -195,7 +195,7 @@ def run_cluster_bench(dataset_dir: str | Path, data: Path, address: str, shards:
                       ingest_documents: int = 1000, modes: list[str] | None = None, split: str = "test",
                       skip_ingest: bool = False, skip_quality: bool = False) -> ClusterReport:
     """Both measurements (see the module docstring); stores live under <data>/eval/cluster/."""
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, VECTOR_FAMILY, load_encoder, vectors_tag
+    from rag.encoders import DEFAULT_ENCODER_BACKEND, load_encoder, store_suffix
     from rag.generators import model_cache_dir
 
     modes = list(modes or MODES)
@@ -206,9 +206,8 @@ def run_cluster_bench(dataset_dir: str | Path, data: Path, address: str, shards:
     query_ids = list(dataset.queries)[: limit or None]
     docs = subset(dataset, query_ids, documents)
     encoder = load_encoder(None, DEFAULT_ENCODER_BACKEND, cache_dir=model_cache_dir(data))
-    root = data / "eval" / "cluster" / f"{dataset.name}-{corpus_fingerprint(dataset.path)}-{len(docs)}"
-    if VECTOR_FAMILY[encoder.backend] != "float32":  # float32 back ends share the stores of earlier runs
-        root = root.with_name(f"{root.name}-{vectors_tag(encoder.backend)}")
+    name = f"{dataset.name}-{corpus_fingerprint(dataset.path)}-{len(docs)}"
+    root = data / "eval" / "cluster" / f"{name}{store_suffix(encoder.backend)}"  # float32: earlier runs' stores
     report = ClusterReport(dataset.name, len(docs), len(query_ids), shards)
     if not skip_ingest:
         items = records(docs[:ingest_documents])

@@ -135,17 +135,16 @@ def latency_store(data_dir: Path, encoder, backend: str, passages: int = 12_000)
     from rag.library import open_library
     from rag.store import NewDocument
 
-    from rag.encoders import VECTOR_FAMILY, vectors_tag
+    from rag.encoders import store_suffix
 
     # float32 back ends share the torch vectors (and the store) of earlier runs; int8 has its own per export
-    float32 = VECTOR_FAMILY[encoder.backend] == "float32"
-    tag = vectors_tag(encoder.backend)
-    directory = data_dir / "bench" / (f"latency-{passages}" if float32 else f"latency-{passages}-{tag}")
+    suffix = store_suffix(encoder.backend)
+    directory = data_dir / "bench" / f"latency-{passages}{suffix}"
     marker = directory / "complete.json"
     library = open_library(directory, backend=backend, encoder=encoder)
     if not marker.exists():
         texts = real_passages(passages)
-        vectors_dir = data_dir / "ann" if float32 else data_dir / f"ann-{tag}"
+        vectors_dir = data_dir / f"ann{suffix}"
         vectors = np.asarray(encoded_passages(len(texts), vectors_dir, encoder=encoder), dtype=np.float32)
         for start in range(0, len(texts), 10):
             group = texts[start:start + 10]

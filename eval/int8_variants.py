@@ -190,7 +190,7 @@ def make_variant(variant: str, fp32: Path, target: Path, encoder: OnnxEncoder, c
             raise ValueError(f"unknown exclusion {item!r} in variant {variant!r}")
         layers = list(range(12)) if item[2] == "*" else [int(item[2])]
         if item[3:] == "q":  # the fused attention's query/key/value projection (with -qkv)
-            exclude += [f"Attention_{layer}" for layer in layers if f"Attention_{layer}" in attention]
+            exclude += [attention[layer] for layer in layers if layer < len(attention)]
             continue
         parts = {"": LAYER_PARTS, "o": ("output/dense",), "i": ("intermediate/dense",),
                  "a": ("attention/output/dense",)}[item[3:]]
@@ -243,8 +243,8 @@ def main() -> None:
     parser.add_argument("--cache", required=True, help="model cache holding (or to hold) the float32 export")
     parser.add_argument("--passages", type=int, default=2000)
     parser.add_argument("--variants", default="dynamic",
-                        help="comma-separated: dynamic[-s8|-rr][-qkv], layerN (only layer N), static[-pct|-ent][-u8|-rr], each with "
-                             "an optional :ex<layer|*><o|i|a|q>+... of MatMuls left float32, e.g. dynamic:ex0o+ex1o")
+                        help="comma-separated: dynamic[-s8|-rr][-qkv], layerN (only layer N), "
+                             "static[-pct|-ent][-u8|-rr], each with an optional :ex<layer|*><o|i|a|q>+... of MatMuls left float32, e.g. dynamic:ex0o+ex1o")
     parser.add_argument("--out", default=None, help="JSON lines of results, appended")
     parser.add_argument("--calibration", type=int, default=300, help="calibration texts for static variants")
     args = parser.parse_args()

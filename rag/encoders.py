@@ -43,9 +43,10 @@ EXPORT_VERSION = 4  # bump when the export changes: a new cache directory, old f
 
 # Which back ends may share a store. Measured on 1,000 Python-docs passages against torch (see README):
 # onnx agrees to cosine 0.99999+ (the same float32 arithmetic in another order), so its vectors are
-# interchangeable with torch's; int8 ones (export v3; v4 is 0.0002 further on SciFact) agree to 0.9972 on average (worst 0.992; the same
-# nearest neighbour for 98.0% of passages), as far apart as neighbouring hits often are, and shift with
-# what shares their batch, so mixing them with float32 vectors in one store is refused.
+# interchangeable with torch's; int8 ones (export v3; v4 is 0.0002 further on SciFact) agree to 0.9972 on
+# average (worst 0.992; the same nearest neighbour for 98.0% of passages), as far apart as neighbouring
+# hits often are, and shift with what shares their batch, so mixing them with float32 vectors in one
+# store is refused.
 VECTOR_FAMILY = {"torch": "float32", "onnx": "float32", "onnx-int8": "int8"}
 
 
@@ -82,6 +83,12 @@ def check_encoder_backend(name: str) -> str:
 def backends_can_share_a_store(a: str, b: str) -> bool:
     """True when vectors from back ends ``a`` and ``b`` are interchangeable (see VECTOR_FAMILY)."""
     return VECTOR_FAMILY[check_encoder_backend(a)] == VECTOR_FAMILY[check_encoder_backend(b)]
+
+
+def store_suffix(backend: str) -> str:
+    """Suffix of a cached benchmark store's directory: none for float32 back ends (they share torch's
+    vectors, and the stores of earlier runs), ``-<vectors_tag>`` for int8, one store per export."""
+    return "" if VECTOR_FAMILY[check_encoder_backend(backend)] == "float32" else f"-{vectors_tag(backend)}"
 
 
 def vectors_tag(backend: str) -> str:

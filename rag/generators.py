@@ -202,18 +202,18 @@ class LocalGenerator:
         """
         import torch
 
-        config = self.model.config
-        weight = getattr(self.model.get_output_embeddings(), "weight", None)
-        if self.is_encoder_decoder or getattr(config, "final_logit_softcapping", None) or weight is None \
-                or getattr(self.model.get_output_embeddings(), "bias", None) is not None:
+        output = self.model.get_output_embeddings()
+        if self.is_encoder_decoder or getattr(self.model.config, "final_logit_softcapping", None) \
+                or not isinstance(output, torch.nn.Linear) or output.bias is not None:
             return None
         if self._sampling_head is None:
             from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+            weight = output.weight
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.ao's deprecation notice
-                int8 = quantize_dynamic(torch.nn.Sequential(self.model.get_output_embeddings()),
-                                        {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+                int8 = quantize_dynamic(torch.nn.Sequential(output), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                        dtype=torch.qint8)
 
             def head(hidden):
                 approximate = int8(hidden)
