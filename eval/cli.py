@@ -195,12 +195,14 @@ def ann(vectors_file, n, backends, data, as_json) -> None:
 @click.option("--generator", default="local", show_default=True, help="Generator engine or model directory.")
 @click.option("--limit", default=None, type=click.IntRange(1),
               help="Only N questions, evenly spaced over the dataset (every article represented).")
+@click.option("--given-paragraph", "given", is_flag=True,
+              help="SQuAD: read each question from its own paragraph only (reading comprehension, no retrieval).")
 @click.option("--docs", "docs_root", default="/usr/share/doc/python3/html", show_default=True,
               type=click.Path(file_okay=False), help="The Python documentation HTML (python3-doc).")
 @click.option("--data", "data", envvar="RAG_DATA", default=None, type=click.Path(file_okay=False),
               help="Data directory; dataset stores are cached under <data>/eval/, results under <data>/bench/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def answer(dataset, questions_path, readers, hyde, k, mode, hyde_n, generator, limit, docs_root, data,
+def answer(dataset, questions_path, readers, hyde, k, mode, hyde_n, generator, limit, given, docs_root, data,
            as_json) -> None:
     """Answer quality and latency per reader (x HyDE) on DATASET: a SQuAD v1.1/v2.0 JSON file (or a
     directory holding one), or JSONL questions; default: questions over the Python docs.
@@ -220,7 +222,7 @@ def answer(dataset, questions_path, readers, hyde, k, mode, hyde_n, generator, l
     try:
         report = run(root, dataset or questions_path, readers=tuple(_names(readers) or ["extract"]),
                      hyde_options=(False, True) if hyde else (False,), k=k, mode=mode, hyde_n=hyde_n,
-                     generator=generator, docs_root=Path(docs_root), limit=limit,
+                     generator=generator, docs_root=Path(docs_root), limit=limit, given=given,
                      progress=lambda line: click.echo(line, err=True))
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -71,3 +71,32 @@ def test_bad_input_is_a_clear_error(tmp_path):
     assert result.exit_code != 0 and "no top-level" in result.output
     result = CliRunner().invoke(main, ["eval", "answer", str(bad), "--readers", "oracle", "--data", str(tmp_path)])
     assert result.exit_code != 0 and "unknown reader" in result.output and "Traceback" not in result.output
+
+
+def test_given_paragraph_reads_each_question_from_its_own_paragraph(tmp_path, encoder):
+    dataset = write_squad(tmp_path / "dev.json")
+    result = CliRunner().invoke(main, ["eval", "answer", str(dataset), "--readers", "extract", "-k", "2",
+                                       "--given-paragraph", "--data", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert "4 questions each read from its own paragraph" in result.output
+    [saved] = (tmp_path / "data" / "bench").glob("answer-*.json")
+    report = json.loads(saved.read_text())
+    assert report["setting"] == "given paragraph"
+    rows = report["rows"]["extract/plain"]
+    assert [r["id"] for r in rows] == ["q1", "q2", "q3", "q4"]
+    # Every answer cites the question's own paragraph, which holds its gold answer.
+    assert all(r["cited_ok"] == 1.0 and r["retrieved"] == 1.0 for r in rows)
+    assert report["results"][0]["exact_match"] >= 0.75
+
+
+def test_given_paragraph_needs_squad_data(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"id": "a", "question": "What is a list?", "answers": ["a sequence"]}\n', encoding="utf-8")
+    docs = tmp_path / "docs"
+    (docs / "tutorial").mkdir(parents=True)
+    (docs / "tutorial" / "lists.html").write_text("<html><body><h1>Lists</h1><p>A list is a mutable sequence."
+                                                  "</p></body></html>", encoding="utf-8")
+    result = CliRunner().invoke(main, ["eval", "answer", "--questions", str(questions), "--given-paragraph",
+                                       "--readers", "extract", "--docs", str(docs), "--data", str(tmp_path / "data")])
+    assert result.exit_code != 0 and "needs SQuAD data" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "data" / "bench").exists(), "refused before anything is ingested"
