@@ -78,7 +78,7 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
         t = time.perf_counter()
         reading = read(question, hits, generator, encoder=library.encoder,
                        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS, on_token=on_token, seed=seed,
-                       question_vector=question_vector, **reader_options)
+                       question_vector=question_vector, passage_scores=scores, **reader_options)
         timings["generate"] = time.perf_counter() - t
         if reading.cited and reading.text:
             citations = [Citation(n=n, hit=hits[n - 1]) for n in reading.cited]

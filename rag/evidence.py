@@ -4,8 +4,12 @@ Readers answer from a few sentences rather than whole passages: over SQuAD dev p
 sentence by this ranking holds the gold answer for 69% of questions and the top three for 84%
 (hybrid top-5 passages), so span choice, not retrieval, decides answer quality, and a short
 context keeps a small generator fast and on topic. A sentence scores by its embedding's cosine
-with the question, plus the share of the question's content words it contains, minus a little
-per retrieval rank of its passage.
+with the question, plus the share of the question's content words it or its document's title
+contains (a sentence rarely repeats its article's subject: "Super Bowl 50" is in the title, not in
+"The game was played on February 7"), plus its passage's cosine with the question, minus a little
+per retrieval rank of its passage. On 300 SQuAD dev questions (not those `rag eval answer --limit
+150` asks) the title and the passage's cosine raised the share whose top two sentences hold the
+answer from 0.76 to 0.81.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from rag.stopwords import STOP_WORDS
 # an upper-case letter, digit, quote or bracket; "e.g. the" and "3.5" stay inside one sentence.
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
 WORD = re.compile(r"\w+")
-LEXICAL_WEIGHT = 0.5  # weight of the question-word share against the cosine (both 0..1)
+LEXICAL_WEIGHT = 1.0  # weight of the question-word share against the cosine (both 0..1)
+PASSAGE_WEIGHT = 1.0  # weight of the sentence's passage's cosine with the question
 ENCODED_SENTENCES = 10  # sentences encoded per question: the best by word share alone (encoding is the cost)
 RANK_PENALTY = 0.02  # per retrieval rank of the sentence's passage
 
@@ -92,16 +97,22 @@ def sentences_of(hits: list[Hit]) -> list[Sentence]:
             for n, hit in enumerate(hits, 1) for a, b in split_sentences(hit.passage.text)]
 
 
-def rank_sentences(question: str, hits: list[Hit], encoder, question_vector: np.ndarray | None = None
-                   ) -> list[Sentence]:
-    """Every sentence of ``hits``, best first (see the module docstring for the score)."""
+def rank_sentences(question: str, hits: list[Hit], encoder, question_vector: np.ndarray | None = None,
+                   passage_scores: list[float] | None = None) -> list[Sentence]:
+    """Every sentence of ``hits``, best first (see the module docstring for the score).
+
+    ``passage_scores``: each hit's cosine with the question (rag.answer.relevance); 0 when not given.
+    """
     sentences = sentences_of(hits)
     if not sentences:
         return []
     asked = content_stems(question)
-    lexical = [len(asked & content_stems(s.text)) / len(asked) if asked else 0.0 for s in sentences]
-    for sentence, share in zip(sentences, lexical):  # a first ranking by word share alone
-        sentence.score = LEXICAL_WEIGHT * share - RANK_PENALTY * (sentence.n - 1) - 1.0
+    titles = [content_stems(hit.document.title or "") for hit in hits]
+    lexical = [len(asked & (content_stems(s.text) | titles[s.n - 1])) / len(asked) if asked else 0.0
+               for s in sentences]
+    passage = [PASSAGE_WEIGHT * passage_scores[s.n - 1] if passage_scores else 0.0 for s in sentences]
+    for sentence, share, near in zip(sentences, lexical, passage):  # a first ranking without the encoder
+        sentence.score = LEXICAL_WEIGHT * share + near - RANK_PENALTY * (sentence.n - 1) - 1.0
     # Only the best few are encoded: the encoder costs ~20 ms a sentence on one core, and the top
     # sentence by word share alone is already the best one 97% as often as the combined score.
     shortlist = sorted(range(len(sentences)), key=lambda i: -sentences[i].score)[:ENCODED_SENTENCES]
@@ -109,7 +120,7 @@ def rank_sentences(question: str, hits: list[Hit], encoder, question_vector: np.
         question_vector = encoder.encode([question])[0]
     cosine = encoder.encode([sentences[i].text for i in shortlist]) @ question_vector
     for i, cos in zip(shortlist, cosine.tolist()):
-        sentences[i].score = float(cos + LEXICAL_WEIGHT * lexical[i] - RANK_PENALTY * (sentences[i].n - 1))
+        sentences[i].score = float(cos + LEXICAL_WEIGHT * lexical[i] + passage[i] - RANK_PENALTY * (sentences[i].n - 1))
     order = np.argsort([-s.score for s in sentences], kind="stable")
     return [sentences[i] for i in order]
 

@@ -96,11 +96,11 @@ def short_title(title: str) -> str:
 
 def read_extractive(question: str, hits: list[Hit], generator=None, encoder=None,
                     on_token: Callable[[str], None] | None = None, sentences: int = 3, question_vector=None,
-                    **_) -> Reading:
+                    passage_scores: list[float] | None = None, **_) -> Reading:
     """The best phrase of the best evidence sentences; no generator needed."""
     if encoder is None:
         raise RagError("the extract reader needs the encoder")
-    ranked = rank_sentences(question, hits, encoder, question_vector)
+    ranked = rank_sentences(question, hits, encoder, question_vector, passage_scores)
     return extract_from(question, hits, ranked[:sentences], on_token)
 
 
@@ -238,14 +238,15 @@ def checked(raw: str, hits: list[Hit], question: str, evidence: list[Sentence],
 def read_with_prompt(question: str, hits: list[Hit], generator, encoder=None,
                      max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, on_token: Callable[[str], None] | None = None,
                      seed: int | None = 0, sentences: int = EVIDENCE_SENTENCES, question_vector=None,
-                     **_) -> Reading:
+                     passage_scores: list[float] | None = None, **_) -> Reading:
     """The best evidence sentences in a few-shot prompt; the generator copies the answer from them."""
     if encoder is None:
         raise RagError("the prompt reader needs the encoder to choose evidence sentences")
     if not hits:
         return Reading(text="")
-    ranked = rank_sentences(question, hits, encoder, question_vector)
-    evidence = ranked[:sentences]
+    ranked = rank_sentences(question, hits, encoder, question_vector, passage_scores)
+    # in reading order, so that "It" after "Quillport was founded ..." still reads as Quillport
+    evidence = sorted(ranked[:sentences], key=lambda s: (s.n, s.start))
     task = prompt_block(" ".join(s.text for s in evidence), question)
     if not _can_copy(generator):
         raw = generator.generate([examples() + task], max_new_tokens=max_new_tokens,
@@ -282,7 +283,8 @@ def passage_block(n: int, hit: Hit, text: str | None = None) -> str:
 def read_with_fid(question: str, hits: list[Hit], generator, encoder=None,
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, on_token: Callable[[str], None] | None = None,
                   seed: int | None = 0, passage_tokens: int | None = None,
-                  window_sentences: int | None = None, question_vector=None, **_) -> Reading:
+                  window_sentences: int | None = None, question_vector=None,
+                  passage_scores: list[float] | None = None, **_) -> Reading:
     """Each passage encoded on its own, the decoder reading all of them together."""
     if getattr(generator, "model", None) is None:
         raise RagError(f"the fid reader needs a local model (the generator {generator.name!r} is remote); "
@@ -291,13 +293,15 @@ def read_with_fid(question: str, hits: list[Hit], generator, encoder=None,
         return Reading(text="")
     if generator.is_encoder_decoder:
         raw = _fid_encoder_decoder(question, hits, generator, max_new_tokens, seed, passage_tokens or 256)
-        evidence = rank_sentences(question, hits, encoder)[:3] if encoder is not None else []
+        evidence = rank_sentences(question, hits, encoder, question_vector, passage_scores)[:3] \
+            if encoder is not None else []
         return checked(raw, hits, question, evidence, on_token) if evidence else \
             Reading(text=raw.strip(), cited=[n for n, h in enumerate(hits, 1) if supported(raw, h.passage.text)][:1],
                     passages_used=len(hits), method="checked")
     window_sentences = FID_SENTENCES if window_sentences is None else window_sentences
     if window_sentences and encoder is not None:
-        texts = evidence_windows(rank_sentences(question, hits, encoder, question_vector), hits, window_sentences)
+        texts = evidence_windows(rank_sentences(question, hits, encoder, question_vector, passage_scores), hits,
+                                 window_sentences)
     else:
         texts = [" ".join(h.passage.text.split()) for h in hits]
     return _fid_decoder_only(question, hits, texts, generator, max_new_tokens, passage_tokens, on_token)

@@ -51,6 +51,16 @@ def test_evidence_ranks_the_sentence_that_answers_first(encoder):
     assert hits[2].passage.text[best.start:best.end] == best.text
 
 
+def test_evidence_counts_the_title_and_the_passages_own_score(encoder):
+    # "It" sentences rarely repeat their subject; the title says what they are about.
+    hits = make_hits([("Quillport", "It is known for its blue salt mines."),
+                      ("Harbours", "Many harbours are known for their salt trade.")])
+    question = "What is Quillport known for?"
+    assert rank_sentences(question, hits, encoder)[0].n == 1
+    # A passage far from the question (its cosine, from rag.answer.relevance) pulls its sentences down.
+    assert rank_sentences(question, hits, encoder, passage_scores=[-1.0, 0.9])[0].n == 2
+
+
 def test_copy_constraint_only_continues_a_source():
     constraint = CopyConstraint([[5, 6, 7], [6, 8]])
     assert set(constraint.allowed()) == {5, 6, 7, 8}
