@@ -4,12 +4,14 @@ Readers answer from a few sentences rather than whole passages: over SQuAD dev p
 sentence by this ranking holds the gold answer for 69% of questions and the top three for 84%
 (hybrid top-5 passages), so span choice, not retrieval, decides answer quality, and a short
 context keeps a small generator fast and on topic. A sentence scores by its embedding's cosine
-with the question, plus the share of the question's content words it or its document's title
-contains (a sentence rarely repeats its article's subject: "Super Bowl 50" is in the title, not in
-"The game was played on February 7"), plus its passage's cosine with the question, minus a little
-per retrieval rank of its passage. On 300 SQuAD dev questions (not those `rag eval answer --limit
-150` asks) the title and the passage's cosine raised the share whose top two sentences hold the
-answer from 0.76 to 0.81.
+with the question, plus the share of the question's content words it contains, plus its passage's
+cosine with the question, minus a little per retrieval rank of its passage.
+
+The passage's cosine raised the share of questions whose top two sentences hold the answer from
+0.763 to 0.773 on 300 SQuAD dev questions (none of those `rag eval answer --limit 150` asks) and
+changed no Python-docs answer. Counting question words found in the document's title helped SQuAD
+more (0.81: a Wikipedia sentence says "It", not its article's subject), but it flattens the
+differences between a page's sentences and cost Python-docs answers, so it is not used.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from rag.stopwords import STOP_WORDS
 # an upper-case letter, digit, quote or bracket; "e.g. the" and "3.5" stay inside one sentence.
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
 WORD = re.compile(r"\w+")
-LEXICAL_WEIGHT = 1.0  # weight of the question-word share against the cosine (both 0..1)
+LEXICAL_WEIGHT = 0.5  # weight of the question-word share against the cosine (both 0..1)
 PASSAGE_WEIGHT = 1.0  # weight of the sentence's passage's cosine with the question
 ENCODED_SENTENCES = 10  # sentences encoded per question: the best by word share alone (encoding is the cost)
 RANK_PENALTY = 0.02  # per retrieval rank of the sentence's passage
@@ -107,9 +109,7 @@ def rank_sentences(question: str, hits: list[Hit], encoder, question_vector: np.
     if not sentences:
         return []
     asked = content_stems(question)
-    titles = [content_stems(hit.document.title or "") for hit in hits]
-    lexical = [len(asked & (content_stems(s.text) | titles[s.n - 1])) / len(asked) if asked else 0.0
-               for s in sentences]
+    lexical = [len(asked & content_stems(s.text)) / len(asked) if asked else 0.0 for s in sentences]
     passage = [PASSAGE_WEIGHT * passage_scores[s.n - 1] if passage_scores else 0.0 for s in sentences]
     for sentence, share, near in zip(sentences, lexical, passage):  # a first ranking without the encoder
         sentence.score = LEXICAL_WEIGHT * share + near - RANK_PENALTY * (sentence.n - 1) - 1.0

@@ -245,8 +245,7 @@ def read_with_prompt(question: str, hits: list[Hit], generator, encoder=None,
     if not hits:
         return Reading(text="")
     ranked = rank_sentences(question, hits, encoder, question_vector, passage_scores)
-    # in reading order, so that "It" after "Quillport was founded ..." still reads as Quillport
-    evidence = sorted(ranked[:sentences], key=lambda s: (s.n, s.start))
+    evidence = ranked[:sentences]
     task = prompt_block(" ".join(s.text for s in evidence), question)
     if not _can_copy(generator):
         raw = generator.generate([examples() + task], max_new_tokens=max_new_tokens,
