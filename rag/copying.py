@@ -9,6 +9,7 @@ logits of the allowed tokens are computed (a few dozen rows of the output matrix
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -79,6 +80,11 @@ def copy_decode(first_hidden, step: Callable[[int], object], model, tokenizer, s
     constraint = CopyConstraint(sources)
     stops = sorted(stop_ids)
     hidden, generated, logprob, shown = first_hidden, [], 0.0, ""
+    ended = (0, 0.0, constraint.states)  # the longest answer so far that may end where it stands
+
+    def may_end() -> bool:
+        return not stop_prior or stop_prior(constraint.states) > -math.inf
+
     for _ in range(max_tokens):
         following = constraint.allowed()
         if not following and not generated:
@@ -99,12 +105,20 @@ def copy_decode(first_hidden, step: Callable[[int], object], model, tokenizer, s
         logprob += float(scores[best])
         generated.append(token)
         constraint.advance(following[token])
+        if not may_end():
+            hidden = step(token)
+            continue  # mid-word: neither a place to end nor to show yet
+        ended = (len(generated), logprob, constraint.states)
         if on_token:
             text = tokenizer.decode(generated, skip_special_tokens=True).strip()
             if not text.endswith("\ufffd") and len(text) > len(shown):
                 on_token(text[len(shown):] if shown else text)
                 shown = text
         hidden = step(token)
+    else:  # out of tokens: an answer cut mid-word ("on 2" of "on 25 May") goes back to its last word's end
+        length, logprob, states = ended
+        generated = generated[:length]
+        constraint.advance(states)
     if not generated:
         return None
     text = tokenizer.decode(generated, skip_special_tokens=True).strip()

@@ -2,6 +2,8 @@
 initialised T5 built here (a generator whose free-written answers the passages do not support)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from rag.copying import CopyConstraint
@@ -223,3 +225,23 @@ def test_reader_registry_and_errors(encoder):
 
     with pytest.raises(RagError, match="needs a local model"):
         read_with_fid("q", make_hits([("Quillport", FACT)]), Remote(), encoder=encoder)
+
+
+@pytest.mark.parametrize("reader", [read_with_prompt, read_with_fid])
+def test_an_answer_cut_by_the_token_limit_ends_at_a_whole_word(generator, encoder, reader):
+    # Gemma writes numbers a digit a token: "2", "5", " May", " ", "1", "8", "9", "5".
+    text = "The Tamar suspension bridge opened to traffic on 25 May 1895 after 12,000 workers finished it."
+    hits = make_hits([("Tamar bridge", text)])
+    words = set(re.findall(r"\w+", text))
+    for limit in range(1, 8):
+        reading = reader("When did the Tamar bridge open?", hits, generator, encoder, max_new_tokens=limit)
+        assert set(re.findall(r"\w+", reading.text)) <= words, (limit, reading.text)  # never "2" of "25"
+
+
+def test_streamed_pieces_are_the_answer(generator, encoder):
+    hits = make_hits([("Tamar bridge", "The Tamar suspension bridge opened to traffic on 25 May 1895.")])
+    for limit in (2, 4, 16):
+        pieces: list[str] = []
+        reading = read_with_prompt("When did the Tamar bridge open?", hits, generator, encoder, max_new_tokens=limit,
+                                   on_token=pieces.append)
+        assert "".join(pieces).strip() == reading.text, limit
