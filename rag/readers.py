@@ -141,7 +141,10 @@ def copy_sources(question: str, texts: list[str], tokenizer):
         padded = " " + text  # token offsets refer to this: the first word gets the leading space it has mid-text
         encoded = tokenizer(padded, add_special_tokens=False, return_offsets_mapping=True)
         words = [(m.group(0), m.start(), m.end()) for m in WORD.finditer(padded)]
-        starts = {start: w for w, (_, start, _) in enumerate(words)}
+        # where words start; "500" of "1,500" and "5" of "3.5" continue a number and start nothing
+        starts = {start: w for w, (_, start, _) in enumerate(words)
+                  if not (padded[start - 1:start] in (",", ".") and padded[start - 2:start - 1].isdigit()
+                          and padded[start].isdigit())}
         echo = [stem(word) in asked and not is_code(padded, start, end) for word, start, end in words]
         anchors = [w for w, (word, _, _) in enumerate(words) if echo[w] and word.lower() not in STOP_WORDS]
         table = []  # per token: (word index, starts a word, is punctuation that may end an answer)
@@ -150,8 +153,9 @@ def copy_sources(question: str, texts: list[str], tokenizer):
             lead = start + len(piece) - len(piece.lstrip())
             word = starts.get(lead)
             call = lead == start and CALL.match(padded, start)  # "()" right after a word: part of it
+            inside = padded[start - 1:start].isalnum() and padded[end:end + 1].isalnum()  # "1,500", "3.5"
             table.append((word, word is not None,
-                          not call and (not piece.strip() or not piece.strip()[0].isalnum())))
+                          not call and not inside and (not piece.strip() or not piece.strip()[0].isalnum())))
         sources.append(encoded["input_ids"])
         tables.append((words, echo, anchors, table))
 

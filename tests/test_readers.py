@@ -245,3 +245,15 @@ def test_streamed_pieces_are_the_answer(generator, encoder):
         reading = read_with_prompt("When did the Tamar bridge open?", hits, generator, encoder, max_new_tokens=limit,
                                    on_token=pieces.append)
         assert "".join(pieces).strip() == reading.text, limit
+
+
+def test_an_answer_may_not_end_inside_a_number(generator):
+    from rag.readers import copy_sources
+
+    tokenizer = generator.tokenizer
+    text = "It cost 1,500 dollars in 3.5 days."
+    [source], _, stop_prior = copy_sources("How much did it cost?", [text], tokenizer)
+    pieces = [tokenizer.decode(source[:j]) for j in range(len(source) + 1)]
+    may_end = {piece.strip() for j, piece in enumerate(pieces) if stop_prior([(0, j)]) > float("-inf")}
+    assert {"It cost 1,500", "It cost 1,500 dollars in 3.5", "It cost 1,500 dollars in 3.5 days."} <= may_end
+    assert not {"It cost 1", "It cost 1,", "It cost 1,5", "It cost 1,500 dollars in 3"} & may_end
