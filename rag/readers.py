@@ -153,7 +153,8 @@ def copy_sources(question: str, texts: list[str], tokenizer):
             lead = start + len(piece) - len(piece.lstrip())
             word = starts.get(lead)
             call = lead == start and CALL.match(padded, start)  # "()" right after a word: part of it
-            inside = padded[start - 1:start].isalnum() and padded[end:end + 1].isalnum()  # "1,500", "3.5"
+            # the "," of "1,500" and the "." of "3.5" are inside a number: an answer does not end there
+            inside = piece in (",", ".") and padded[start - 1:start].isdigit() and padded[end:end + 1].isdigit()
             table.append((word, word is not None,
                           not call and not inside and (not piece.strip() or not piece.strip()[0].isalnum())))
         sources.append(encoded["input_ids"])
