@@ -81,10 +81,7 @@ def copy_decode(first_hidden, step: Callable[[int], object], model, tokenizer, s
     stops = sorted(stop_ids)
     hidden, generated, logprob, shown = first_hidden, [], 0.0, ""
     ended = (0, 0.0, constraint.states)  # the longest answer so far that may end where it stands
-
-    def may_end() -> bool:
-        return not stop_prior or stop_prior(constraint.states) > -math.inf
-
+    stop_bonus = 0.0  # stop_prior where the copy stands: -inf mid-word
     for _ in range(max_tokens):
         following = constraint.allowed()
         if not following and not generated:
@@ -96,8 +93,8 @@ def copy_decode(first_hidden, step: Callable[[int], object], model, tokenizer, s
         if prior:
             for row, token in enumerate(candidates[:len(following)]):
                 adjusted[row] += prior(token, following[token], not generated)
-        if generated and stop_prior:
-            adjusted[len(following):] += stop_prior(constraint.states)
+        if generated:
+            adjusted[len(following):] += stop_bonus
         best = int(torch.argmax(adjusted))
         token = candidates[best]
         if token in stop_ids and generated:
@@ -105,15 +102,14 @@ def copy_decode(first_hidden, step: Callable[[int], object], model, tokenizer, s
         logprob += float(scores[best])
         generated.append(token)
         constraint.advance(following[token])
-        if not may_end():
-            hidden = step(token)
-            continue  # mid-word: neither a place to end nor to show yet
-        ended = (len(generated), logprob, constraint.states)
-        if on_token:
-            text = tokenizer.decode(generated, skip_special_tokens=True).strip()
-            if not text.endswith("\ufffd") and len(text) > len(shown):
-                on_token(text[len(shown):] if shown else text)
-                shown = text
+        stop_bonus = stop_prior(constraint.states) if stop_prior else 0.0
+        if stop_bonus > -math.inf:  # mid-word is neither a place to end nor to show yet
+            ended = (len(generated), logprob, constraint.states)
+            if on_token:
+                text = tokenizer.decode(generated, skip_special_tokens=True).strip()
+                if not text.endswith("\ufffd") and len(text) > len(shown):
+                    on_token(text[len(shown):] if shown else text)
+                    shown = text
         hidden = step(token)
     else:  # out of tokens: an answer cut mid-word ("on 2" of "on 25 May") goes back to its last word's end
         length, logprob, states = ended

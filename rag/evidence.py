@@ -109,10 +109,12 @@ def rank_sentences(question: str, hits: list[Hit], encoder, question_vector: np.
     if not sentences:
         return []
     asked = content_stems(question)
-    lexical = [len(asked & content_stems(s.text)) / len(asked) if asked else 0.0 for s in sentences]
-    passage = [PASSAGE_WEIGHT * passage_scores[s.n - 1] if passage_scores else 0.0 for s in sentences]
-    for sentence, share, near in zip(sentences, lexical, passage):  # a first ranking without the encoder
-        sentence.score = LEXICAL_WEIGHT * share + near - RANK_PENALTY * (sentence.n - 1) - 1.0
+    # everything but the sentence's own cosine: word share, passage cosine, retrieval rank
+    known = [LEXICAL_WEIGHT * (len(asked & content_stems(s.text)) / len(asked) if asked else 0.0)
+             + (PASSAGE_WEIGHT * passage_scores[s.n - 1] if passage_scores else 0.0)
+             - RANK_PENALTY * (s.n - 1) for s in sentences]
+    for sentence, score in zip(sentences, known):  # a first ranking without the encoder
+        sentence.score = score - 1.0
     # Only the best few are encoded: the encoder costs ~20 ms a sentence on one core, and the top
     # sentence by word share alone is already the best one 97% as often as the combined score.
     shortlist = sorted(range(len(sentences)), key=lambda i: -sentences[i].score)[:ENCODED_SENTENCES]
@@ -120,7 +122,7 @@ def rank_sentences(question: str, hits: list[Hit], encoder, question_vector: np.
         question_vector = encoder.encode([question])[0]
     cosine = encoder.encode([sentences[i].text for i in shortlist]) @ question_vector
     for i, cos in zip(shortlist, cosine.tolist()):
-        sentences[i].score = float(cos + LEXICAL_WEIGHT * lexical[i] + passage[i] - RANK_PENALTY * (sentences[i].n - 1))
+        sentences[i].score = float(cos + known[i])
     order = np.argsort([-s.score for s in sentences], kind="stable")
     return [sentences[i] for i in order]
 

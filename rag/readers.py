@@ -124,6 +124,11 @@ NEAR_WEIGHT = 0.15  # log-prob taken per word between an answer's first word and
 NEAR_CAP = 8
 
 
+def _inside_number(text: str, i: int) -> bool:
+    """``text[i]`` is the "," of "1,500" or the "." of "3.5" (Gemma writes a number a digit a token)."""
+    return i > 0 and text[i:i + 1] in (",", ".") and text[i - 1].isdigit() and text[i + 1:i + 2].isdigit()
+
+
 def copy_sources(question: str, texts: list[str], tokenizer):
     """Token sequences of ``texts`` and the cues that steer copying from them.
 
@@ -142,9 +147,7 @@ def copy_sources(question: str, texts: list[str], tokenizer):
         encoded = tokenizer(padded, add_special_tokens=False, return_offsets_mapping=True)
         words = [(m.group(0), m.start(), m.end()) for m in WORD.finditer(padded)]
         # where words start; "500" of "1,500" and "5" of "3.5" continue a number and start nothing
-        starts = {start: w for w, (_, start, _) in enumerate(words)
-                  if not (padded[start - 1:start] in (",", ".") and padded[start - 2:start - 1].isdigit()
-                          and padded[start].isdigit())}
+        starts = {start: w for w, (_, start, _) in enumerate(words) if not _inside_number(padded, start - 1)}
         echo = [stem(word) in asked and not is_code(padded, start, end) for word, start, end in words]
         anchors = [w for w, (word, _, _) in enumerate(words) if echo[w] and word.lower() not in STOP_WORDS]
         table = []  # per token: (word index, starts a word, is punctuation that may end an answer)
@@ -153,8 +156,7 @@ def copy_sources(question: str, texts: list[str], tokenizer):
             lead = start + len(piece) - len(piece.lstrip())
             word = starts.get(lead)
             call = lead == start and CALL.match(padded, start)  # "()" right after a word: part of it
-            # the "," of "1,500" and the "." of "3.5" are inside a number: an answer does not end there
-            inside = piece in (",", ".") and padded[start - 1:start].isdigit() and padded[end:end + 1].isdigit()
+            inside = piece in (",", ".") and _inside_number(padded, start)  # an answer does not end there
             table.append((word, word is not None,
                           not call and not inside and (not piece.strip() or not piece.strip()[0].isalnum())))
         sources.append(encoded["input_ids"])
