@@ -47,6 +47,7 @@ class Question:
     answers: list[str]  # empty: unanswerable, the reader should say the documents do not hold it
     pages: list[str] = field(default_factory=list)
     document: str = ""  # SQuAD: the uri of the paragraph it was asked about
+    article: str = ""  # SQuAD: the article's title (what the span reader's training split is made of)
 
     @property
     def answerable(self) -> bool:
@@ -171,8 +172,9 @@ def open_squad(path: str | Path, data_dir: Path, progress=None) -> AnswerDataset
         report = ingest_documents(library, dataset.documents, collection=SQUAD_COLLECTION)
         if report.failures:
             progress and progress(f"{len(report.failures)} paragraphs failed: {report.failures[:3]}")
-    questions = [Question(id=q.id, question=q.question, answers=q.answers, document=q.document)
-                 for q in dataset.questions]
+    articles = {d.uri: d.title for d in dataset.documents}
+    questions = [Question(id=q.id, question=q.question, answers=q.answers, document=q.document,
+                          article=articles.get(q.document, "")) for q in dataset.questions]
     return AnswerDataset(str(dataset.path), questions, library, {"collection": SQUAD_COLLECTION},
                          len(dataset.documents))
 
@@ -210,6 +212,17 @@ def open_dataset(path: str | Path | None, data_dir: Path, docs_root: Path = DOCS
     return open_python_docs(path or QUESTIONS, data_dir, docs_root, progress)
 
 
+def held_out(questions: list[Question], data_dir: Path) -> tuple[list[Question], dict]:
+    """The questions whose article the span reader (the data directory's tuned one, else the shipped one)
+    did not train on: no figure is reported on an article a reader learned from."""
+    from rag.span_reader import read_manifest, reader_directory
+
+    manifest = read_manifest(reader_directory(data_dir))
+    trained = {str(g).replace("_", " ").strip() for g in manifest.get("train_groups", [])}
+    kept = [q for q in questions if q.article not in trained]
+    return kept, {"left_out": len(questions) - len(kept), "trained_articles_of": manifest.get("name", "")}
+
+
 def spread(questions: list[Question], limit: int | None) -> list[Question]:
     """``limit`` questions evenly spaced over the file (every article represented), in file order."""
     if not limit or limit >= len(questions):
@@ -230,7 +243,8 @@ class AnswerReport:
         return {"dataset": self.dataset, "results": self.results}
 
 
-def run(data_dir: Path, dataset_path: str | Path | None = None, readers: tuple[str, ...] = ("extract", "prompt", "fid"),
+def run(data_dir: Path, dataset_path: str | Path | None = None,
+        readers: tuple[str, ...] = ("span", "extract", "prompt", "fid"),
         hyde_options: tuple[bool, ...] = (False,), k: int = 5, mode: str = "hybrid", hyde_n: int = 2,
         generator: str = "local", docs_root: Path = DOCS_ROOT, limit: int | None = None,
         given: bool = False, progress=None) -> AnswerReport:
@@ -248,17 +262,24 @@ def run(data_dir: Path, dataset_path: str | Path | None = None, readers: tuple[s
         return {**data.where, "path": q.document} if given else data.where
 
     try:
-        questions = spread(data.questions, limit)
+        questions, left_out = data.questions, {}
+        if any(q.article for q in questions):
+            questions, left_out = held_out(questions, Path(data_dir))
+            if not questions:
+                raise RagError(f"every question of {data.path} is on an article the span reader trained on")
+            if progress and left_out["left_out"]:
+                progress(f"{left_out['left_out']:,} questions on articles the span reader trained on are left out")
+        questions = spread(questions, limit)
         needs_generator = any(r in NEEDS_GENERATOR for r in readers) or any(hyde_options)
         gen = resolve_generator(generator, library) if needs_generator else None
-        report = AnswerReport(dataset={"path": data.path, "questions": len(questions), "documents": data.documents},
+        report = AnswerReport(dataset={"path": data.path, "questions": len(questions), "documents": data.documents,
+                                       **(left_out if left_out.get("left_out") else {})},
                               results=[], setting="given paragraph" if given else "open")
         ask(library, questions[0].question, k=1, mode=mode, reader="extract", where=data.where)  # warm-up
         for reader in readers:
             for hyde in hyde_options:
-                if reader in NEEDS_GENERATOR or hyde:
-                    ask(library, questions[0].question, k=k, mode=mode, reader=reader, generator=gen,
-                        where=data.where)  # warm-up: the first call builds cached prompt prefixes
+                ask(library, questions[0].question, k=k, mode=mode, reader=reader, hyde=hyde, hyde_n=hyde_n,
+                    generator=gen, where=data.where)  # warm-up: loads the reader, builds cached prompt prefixes
                 rows = []
                 for n, q in enumerate(questions, 1):
                     answer = ask(library, q.question, k=k, mode=mode, hyde=hyde, hyde_n=hyde_n, reader=reader,
@@ -279,7 +300,9 @@ def format_table(report: AnswerReport) -> str:
     d = report.dataset
     fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
     over = "each read from its own paragraph" if report.setting != "open" else f"over {d['documents']:,} documents"
-    lines = [f"Answers on {d['path']}: {d['questions']:,} questions {over}", "",
+    held = (f" (held out: {d['left_out']:,} questions on articles {d['trained_articles_of']!r} trained on are "
+            f"left out)") if d.get("left_out") else ""
+    lines = [f"Answers on {d['path']}: {d['questions']:,} questions {over}{held}", "",
              f"{'reader':<8} {'HyDE':<5} {'EM':>6} {'F1':>6} {'contains':>8} {'cited ok':>8} {'grounded':>8} "
              f"{'refusal':>7} {'p50 s':>7} {'p95 s':>7}"]
     for r in report.results:

@@ -187,7 +187,7 @@ def ann(vectors_file, n, backends, data, as_json) -> None:
 @click.argument("dataset", required=False, type=click.Path(exists=True))
 @click.option("--questions", "questions_path", default=None, type=click.Path(dir_okay=False),
               help="JSONL questions {id, question, answers, pages} over the Python docs (the default dataset).")
-@click.option("--readers", default="extract,prompt,fid", show_default=True, help="Comma-separated readers.")
+@click.option("--readers", default="span,extract,prompt,fid", show_default=True, help="Comma-separated readers.")
 @click.option("--hyde", is_flag=True, help="Also run every reader with HyDE query expansion.")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 50), help="Passages per answer.")
 @click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["dense", "keyword", "hybrid"]))

@@ -3,19 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Write a finished figure as PNG (creating its folder) and free it."""
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+from rag.plotting import plt, save_figure  # noqa: F401 (Agg: files only; re-exported)
 
 
 def row_label(row: dict) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 
 from rag.contract import ASK_K
 from rag.errors import RagError
+from rag.evidence import answer_in_context
 from rag.records import Answer, Citation, Hit
 
 NOT_FOUND = "The documents do not contain the answer."
@@ -73,16 +74,20 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
     scores = relevance(library, question_vector, hits)
     timings["retrieve"] = time.perf_counter() - t
 
-    text, citations = NOT_FOUND, []
+    text, citations, sentence = NOT_FOUND, [], None
     if hits and max(scores) >= min_relevance:
         t = time.perf_counter()
         reading = read(question, hits, generator, encoder=library.encoder,
                        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS, on_token=on_token, seed=seed,
-                       question_vector=question_vector, passage_scores=scores, **reader_options)
+                       question_vector=question_vector, passage_scores=scores,
+                       data_dir=getattr(library, "data_dir", None), **reader_options)
         timings["generate"] = time.perf_counter() - t
         if reading.cited and reading.text:
             citations = [Citation(n=n, hit=hits[n - 1]) for n in reading.cited]
             text = reading.text + " " + "".join(f"[{n}]" for n in reading.cited)
+            sentence = answer_in_context(hits[reading.cited[0] - 1].passage.text, reading.text, reading.span)
+            if sentence is not None:
+                sentence.update(n=reading.cited[0], passage_id=hits[reading.cited[0] - 1].passage.id)
     timings["total"] = time.perf_counter() - started
     return Answer(question=question, text=text, citations=citations, passages=hits, hyde=hypothetical,
-                  timings=timings)
+                  timings=timings, sentence=sentence)

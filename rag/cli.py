@@ -219,6 +219,12 @@ def stats(as_json, cluster, data):
     click.echo(f"encoder:     {info['encoder'] or '-'}" + (f" ({info['dim']} dims)" if info["dim"] else "")
                + f", {info['encoder_backend']}")
     click.echo(f"index:       {info['backend']}")
+    reader = info.get("reader") or {}
+    if reader:
+        given = (reader.get("scores") or {}).get("given_paragraph", {}).get("f1")
+        click.echo(f"reader:      span, {reader.get('source')}: {reader.get('name', '-')}"
+                   + (f" (validation F1 {given:.3f} given the paragraph)" if given is not None else "")
+                   + (f"; {reader['message']}" if reader.get("message") else ""))
     click.echo(f"sizes:       database {_megabytes(info['sizes']['database'])}, index {_megabytes(info['sizes']['index'])}")
     for name, c in info["collections"].items():
         click.echo(f"collection:  {name}: {c['documents']} documents, {c['passages']} passages")
@@ -330,9 +336,10 @@ def serve(host: str, port: int, threads: int, generator: str, cluster: str | Non
               help="How passages are retrieved.")
 @click.option("--hyde", is_flag=True, help="Expand the query with hypothetical passages the generator writes (HyDE).")
 @click.option("--reader", default=None, type=click.Choice(readers()),
-              help="extract: the best phrase of the passages, no generator; prompt: the generator copies the "
+              help="span: the trained span reader (the one `rag tune reader` made here, else the shipped one); "
+                   "extract: the best phrase of the passages, no generator; prompt: the generator copies the "
                    "answer from the best sentences; fid: fusion-in-decoder over whole passages "
-                   "(default: the reader that measures best, see README).")
+                   "(default: span, the reader that measures best, see README).")
 @click.option("--generator", default="local", show_default=True,
               help="local (Gemma 3 270M, converted once into DATA/models), openai (RAG_OPENAI_BASE_URL, "
                    "RAG_OPENAI_MODEL, RAG_OPENAI_API_KEY), or a Hugging Face model directory.")
@@ -387,6 +394,12 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
             click.echo(f"(not supported by the passages) {answer.text}")
     else:
         click.echo(f"Answer: {answer.text}")
+    if answer.sentence:
+        sentence = answer.sentence
+        marked = (sentence["text"][:sentence["answer_start"]]
+                  + click.style(sentence["text"][sentence["answer_start"]:sentence["answer_end"]], bold=True,
+                                underline=True) + sentence["text"][sentence["answer_end"]:])
+        click.echo(f"In context [{sentence['n']}]: {' '.join(marked.split())}")
     if answer.hyde:
         click.echo("\nHyDE passages:")
         for i, passage in enumerate(answer.hyde, 1):
@@ -402,6 +415,70 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
     t = answer.timings
     click.echo(f"\nTimings: retrieve {t['retrieve']:.2f} s, HyDE {t['hyde']:.2f} s, "
                f"generate {t['generate']:.2f} s, total {t['total']:.2f} s")
+
+
+# --- tune: train the reader on your own question-answer pairs ------------------------------------
+
+@main.group()
+def tune() -> None:
+    """Train the reader on your own question-answer pairs."""
+
+
+@tune.command("reader")
+@click.argument("dataset", type=click.Path(exists=True))
+@click.option("--validation-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 0.95),
+              help="Share of the questions, in whole articles/documents, kept out of training to measure on.")
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(1, 100))
+@click.option("--learning-rate", default=6e-4, show_default=True, type=click.FloatRange(1e-7, 1.0))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--rank", default=32, show_default=True, type=click.IntRange(1, 256), help="LoRA rank.")
+@click.option("--negatives", default=0.2, show_default=True, type=click.FloatRange(0.0, 5.0),
+              help="Negative pairs (a question against another paragraph of its article) per question.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 50),
+              help="Passages read per question in the open-setting validation.")
+@click.option("--no-open", is_flag=True, help="Skip the open-setting validation (no store of the contexts is built).")
+@click.option("--name", default=None, help="A name for the tuned reader (shown in `rag stats`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (recipe, split, scores) as JSON.")
+@data_option
+def tune_reader(dataset, validation_share, epochs, learning_rate, batch_size, rank, negatives, seed, k, no_open,
+                name, as_json, data):
+    """Train the span reader on DATASET (SQuAD JSON, or JSONL of question/answers/context or passage_id).
+
+    Whole articles (SQuAD) or documents (JSONL) are split into train and validation; a checkpoint is
+    kept under DATA/tune/reader, so a stopped run resumes. The tuned reader goes into DATA/models and
+    answers `rag ask`, the API and the page from then on.
+    """
+    import json
+
+    from rag.errors import RagError
+    from rag.tuning import TuneConfig, tune_reader as run_tune
+
+    config = TuneConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank,
+                        alpha=2 * rank, negatives=negatives, validation_share=validation_share, seed=seed)
+    say = (lambda message: click.echo(message, err=True))
+    try:
+        done = run_tune(dataset, data, config, name=name, k=k, open_setting=not no_open, progress=say,
+                        bar=not as_json)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    manifest = done["manifest"]
+    if as_json:
+        click.echo(json.dumps({**done, "manifest": {k: v for k, v in manifest.items() if k != "losses"}}, indent=2))
+        return
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    scores = manifest["scores"]
+    click.echo(f"\nReader {manifest['name']!r}: {len(manifest['train_groups'])} training and "
+               f"{len(manifest['validation_groups'])} validation articles, {scores['training_seconds']:.0f} s")
+    click.echo(f"{'validation':<18} {'questions':>9} {'EM':>6} {'F1':>6}")
+    for label, key in (("given paragraph", "given_paragraph"), ("open (k=%d)" % k, "open")):
+        if key in scores:
+            row = scores[key]
+            click.echo(f"{label:<18} {row.get('questions', 0):>9} {fmt(row.get('exact_match')):>6} "
+                       f"{fmt(row.get('f1')):>6}")
+    settings = manifest["settings"]
+    click.echo(f"retrieval weight {settings['retrieval_weight']}, no-answer margin {settings['no_answer_margin']}")
+    click.echo(f"installed in {done['reader']}; loss curve {done['loss_plot']}")
 
 
 def _register_eval() -> None:

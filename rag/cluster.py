@@ -567,7 +567,9 @@ class ClusterLibrary:
                 into["documents"] += c["documents"]
                 into["passages"] += c["passages"]
         total["collections"] = dict(sorted(total["collections"].items()))
-        total.update(backend=self.backend, encoder=self.manifest.encoder, dim=self.dim,
+        from rag.span_reader import reader_status
+
+        total.update(reader=reader_status(self.data_dir), backend=self.backend, encoder=self.manifest.encoder, dim=self.dim,
                      encoder_backend=self.encoder_backend, data_dir=str(self.data_dir),
                      cluster={"shards": self.n, "per_shard": [
                          {"shard": s, "data_dir": per_shard[s]["data_dir"], "documents": per_shard[s]["documents"],

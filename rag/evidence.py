@@ -94,6 +94,30 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def answer_in_context(passage: str, answer: str, span: tuple[int, int] | None = None) -> dict | None:
+    """The sentence (or sentences) of ``passage`` that hold the answer, with the answer's offsets in it.
+
+    ``span``: the answer's offsets in the passage where the reader knows them; otherwise its first
+    occurrence. None when the passage does not hold the answer verbatim.
+    """
+    if span is None:
+        at = passage.find(answer) if answer else -1
+        if at < 0:
+            return None
+        span = (at, at + len(answer))
+    start, end = span
+    first = last = None
+    for a, b in split_sentences(passage):
+        if first is None and b > start:
+            first = a
+        if a < end:
+            last = b
+    first = start if first is None or first > start else first
+    last = end if last is None or last < end else last
+    return {"text": passage[first:last], "answer_start": start - first, "answer_end": end - first,
+            "passage_start": first}
+
+
 def sentences_of(hits: list[Hit]) -> list[Sentence]:
     return [Sentence(n=n, text=hit.passage.text[a:b], start=a, end=b)
             for n, hit in enumerate(hits, 1) for a, b in split_sentences(hit.passage.text)]

@@ -248,7 +248,22 @@ class Library:
         stats["encoder_backend"] = self.encoder_backend
         files = [p for p in self.index_dir.rglob("*") if p.is_file()] if self.index_dir.exists() else []
         stats["sizes"]["index"] = sum(p.stat().st_size for p in files)
+        stats["reader"] = self.reader_status()
         return stats
+
+    def reader_status(self) -> dict:
+        """The span reader this library answers with: the one `rag tune reader` recorded here, else the shipped one."""
+        from rag.span_reader import reader_status
+
+        status = reader_status(self.data_dir)
+        recorded = self._store.meta("span_reader")
+        if recorded and status["source"] != "tuned":
+            status["message"] = f"the tuned reader recorded here ({recorded}) is missing: the shipped one answers"
+        return status
+
+    def record_reader(self, name: str) -> None:
+        """Note in the store that a tuned span reader (under <data>/models/span-reader) answers from now on."""
+        self._store.set_meta("span_reader", name)
 
     # --- writes -------------------------------------------------------------------------------
 

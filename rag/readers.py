@@ -3,6 +3,9 @@
 Every reader answers only with text the passages hold, so nothing unsupported reaches the user
 with a citation on it:
 
+- ``span`` (default): the trained span reader (rag.span_reader): start/end logits over question +
+  passage from a LoRA-tuned MiniLM, each passage read whole, the best span across them weighed with
+  its passage's retrieval cosine; below its calibrated no-answer margin it declines.
 - ``extract``: no generator. The evidence sentences (rag.evidence) are ranked by the encoder, and
   the best-scoring phrase among them that fits the question (rag.spans) is the answer.
 - ``prompt``: the best evidence sentences in one short few-shot prompt; the generator's decoding is
@@ -74,7 +77,8 @@ class Reading:
     cited: list[int] = field(default_factory=list)
     passages_used: int = 0  # how many of the given passages the reader read
     confidence: float = 0.0  # the reader's own score for the answer (reader-specific scale)
-    method: str = ""  # how the answer was found: "copy", "extract", "checked", "fallback"
+    method: str = ""  # how the answer was found: "copy", "extract", "checked", "fallback", "span"
+    span: tuple[int, int] | None = None  # the answer's character offsets in the cited passage, where known
 
 
 def content_words(text: str) -> set[str]:
@@ -115,7 +119,25 @@ def extract_from(question: str, hits: list[Hit], evidence: list[Sentence],
     if on_token:
         on_token(best.text)
     return Reading(text=best.text, cited=[best.sentence.n], passages_used=len(hits), confidence=best.score,
-                   method="extract")
+                   method="extract", span=(best.start, best.end))
+
+
+# --- the trained span reader ---------------------------------------------------------------------
+
+def read_with_span(question: str, hits: list[Hit], generator=None, encoder=None,
+                   on_token: Callable[[str], None] | None = None, passage_scores: list[float] | None = None,
+                   data_dir=None, **_) -> Reading:
+    """The best span across the passages by the trained reader (the data directory's tuned one, if any)."""
+    from rag.span_reader import load_span_reader, reader_directory
+
+    reader = load_span_reader(reader_directory(data_dir))
+    span, score = reader.choose(question, [h.passage.text for h in hits], passage_scores)
+    if span is None:
+        return Reading(text="", passages_used=len(hits), confidence=float(score), method="span")
+    if on_token:
+        on_token(span.text)
+    return Reading(text=span.text, cited=[span.passage + 1], passages_used=len(hits), confidence=score,
+                   method="span", span=(span.start, span.end))
 
 
 # --- constrained generation -----------------------------------------------------------------------
@@ -427,10 +449,10 @@ def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = D
     return out.last_hidden_state[:, -1], step
 
 
-READERS: dict[str, Callable[..., Reading]] = {"extract": read_extractive, "prompt": read_with_prompt,
-                                             "fid": read_with_fid}
+READERS: dict[str, Callable[..., Reading]] = {"span": read_with_span, "extract": read_extractive,
+                                             "prompt": read_with_prompt, "fid": read_with_fid}
 NEEDS_GENERATOR = {"prompt", "fid"}
-DEFAULT_READER = "prompt"
+DEFAULT_READER = "span"
 
 
 def get_reader(name: str) -> Callable[..., Reading]:

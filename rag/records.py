@@ -90,11 +90,15 @@ class Answer:
     passages: list[Hit]
     hyde: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # the sentence of the first cited passage that holds the answer: {"text", "answer_start", "answer_end"
+    # (offsets of the answer in that text), "passage_start", "n", "passage_id"}; None for a refusal
+    sentence: dict | None = None
 
     def to_json(self) -> dict:
         return {
             "question": self.question,
             "answer": self.text,
+            "sentence": dict(self.sentence) if self.sentence else None,
             "citations": [c.to_json() for c in self.citations],
             "passages": [h.to_json() for h in self.passages],
             "hyde": list(self.hyde),

@@ -100,3 +100,20 @@ def test_given_paragraph_needs_squad_data(tmp_path):
                                        "--readers", "extract", "--docs", str(docs), "--data", str(tmp_path / "data")])
     assert result.exit_code != 0 and "needs SQuAD data" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "data" / "bench").exists(), "refused before anything is ingested"
+
+
+def test_questions_on_articles_the_span_reader_trained_on_are_left_out(tmp_path, encoder):
+    from rag.span_reader import SHIPPED, read_manifest
+
+    trained = read_manifest(SHIPPED)["train_groups"][0]
+    dataset = tmp_path / "dev.json"
+    write_squad(dataset)
+    raw = json.loads(dataset.read_text())
+    raw["data"][0]["title"] = trained.replace(" ", "_")  # SQuAD writes titles with underscores
+    dataset.write_text(json.dumps(raw), encoding="utf-8")
+    result = CliRunner().invoke(main, ["eval", "answer", str(dataset), "--readers", "span,extract", "-k", "2",
+                                       "--data", str(tmp_path / "data"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dataset"]["questions"] == 2 and report["dataset"]["left_out"] == 2
+    assert [r["reader"] for r in report["results"]] == ["span", "extract"]

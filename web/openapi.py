@@ -166,6 +166,13 @@ def openapi_document() -> dict:
                 "Answer": {"type": "object", "required": ["question", "answer", "citations", "passages"],
                            "properties": {
                                "question": {"type": "string"}, "answer": {"type": "string"},
+                               "sentence": {"type": "object", "nullable": True, "description":
+                                            "the cited passage's sentence holding the answer; answer_start and "
+                                            "answer_end are the answer's offsets in its text", "properties": {
+                                                "text": {"type": "string"}, "answer_start": {"type": "integer"},
+                                                "answer_end": {"type": "integer"},
+                                                "passage_start": {"type": "integer"}, "n": {"type": "integer"},
+                                                "passage_id": {"type": "integer"}}},
                                "citations": {"type": "array", "items": {"$ref": "#/components/schemas/Citation"}},
                                "passages": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
                                "hyde": {"type": "array", "items": {"type": "string"}},
@@ -176,6 +183,11 @@ def openapi_document() -> dict:
                               "backend": {"type": "string"}, "encoder": {"type": "string"},
                               "encoder_backend": {"type": "string", "enum": ["torch", "onnx", "onnx-int8"]},
                               "collections": {"type": "object"},
+                              "reader": {"type": "object", "description": "the span reader that answers: "
+                                         "shipped, or tuned on this library with `rag tune reader`", "properties": {
+                                  "name": {"type": "string"},
+                                  "source": {"type": "string", "enum": ["shipped", "tuned", "missing"]},
+                                  "scores": {"type": "object"}}},
                               "generator": {"type": "object", "properties": {
                                   "name": {"type": "string"},
                                   "state": {"type": "string", "enum": ["lazy", "loading", "loaded", "missing"]},

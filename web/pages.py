@@ -21,7 +21,10 @@ def index():
     else:  # the page is public beyond loopback; the library's figures come with the token (app.js)
         stats = {"documents": "–", "passages": "–", "backend": "", "encoder": "", "message":
                  "Enter the API token below to search this library.",
-                 "generator": {"state": "lazy", "message": ""}}
+                 "generator": {"state": "lazy", "message": ""}, "reader": None}
+    reader = stats.get("reader")
+    stats["reader_label"] = "" if not reader else (
+        reader.get("message", "") if reader.get("source") == "missing" else f"span, {reader['source']}: {reader['name']}")
     return render_template(
         "index.html", stats=stats, modes=MODES, readers=readers(), default_reader=DEFAULT_READER,
         default_mode=DEFAULT_MODE,

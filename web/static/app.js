@@ -54,6 +54,7 @@ async function refreshStatus() {
     $("stat-passages").textContent = s.passages;
     $("stat-backend").textContent = s.backend;
     $("stat-encoder").textContent = s.encoder;
+    $("stat-reader").textContent = readerLabel(s.reader);
     $("stat-generator").textContent = s.generator.message;
     $("stat-generator").dataset.state = s.generator.state;
     $("documents-count").textContent = s.documents;
@@ -63,6 +64,12 @@ async function refreshStatus() {
     $("status-message").textContent = "Status unavailable: " + e.message;
     $("status-message").hidden = false;
   }
+}
+
+// "span, tuned: NAME" / "span, shipped: NAME"; what the stats say about the reader that answers.
+function readerLabel(reader) {
+  if (!reader) return "";
+  return reader.source === "missing" ? reader.message : `span, ${reader.source}: ${reader.name}`;
 }
 
 // --- progress and errors ----------------------------------------------------------------------
@@ -194,9 +201,22 @@ function renderAnswerText(text, citations) {
   box.append(text.slice(last));
 }
 
+// The cited sentence that holds the answer, with the answer marked, so it reads in context.
+function renderSentence(sentence) {
+  const box = $("answer-sentence");
+  box.replaceChildren();
+  box.hidden = !sentence;
+  if (!sentence) return;
+  const text = sentence.text;
+  box.append(`[${sentence.n}] `, text.slice(0, sentence.answer_start),
+             el("mark", { text: text.slice(sentence.answer_start, sentence.answer_end) }),
+             text.slice(sentence.answer_end));
+}
+
 function renderAnswer(answer) {
   $("answer-text").classList.remove("streaming");
   renderAnswerText(answer.answer, answer.citations);
+  renderSentence(answer.sentence);
   const timings = Object.entries(answer.timings || {}).map(([k, v]) => `${k} ${Number(v).toFixed(2)} s`).join(", ");
   const cited = answer.citations.length ? `${answer.citations.length} citation(s)` : "no citation";
   $("answer-meta").textContent = timings ? `${cited} · ${timings}` : cited;
@@ -277,6 +297,7 @@ async function runAsk() {
   $("answer-text").replaceChildren();
   $("answer-text").classList.add("streaming");
   $("answer-meta").textContent = "";
+  $("answer-sentence").hidden = true;
   $("hyde-box").hidden = true;
   $("results-box").hidden = true;
   let finished = false;
