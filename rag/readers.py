@@ -128,9 +128,10 @@ def read_with_span(question: str, hits: list[Hit], generator=None, encoder=None,
                    on_token: Callable[[str], None] | None = None, passage_scores: list[float] | None = None,
                    data_dir=None, **_) -> Reading:
     """The best span across the passages by the trained reader (the data directory's tuned one, if any)."""
+    from rag.generators import model_cache_dir
     from rag.span_reader import load_span_reader, reader_directory
 
-    reader = load_span_reader(reader_directory(data_dir))
+    reader = load_span_reader(reader_directory(data_dir), model_cache_dir(data_dir))
     span, score = reader.choose(question, [h.passage.text for h in hits], passage_scores)
     if span is None:
         return Reading(text="", passages_used=len(hits), confidence=float(score), method="span")

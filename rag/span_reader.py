@@ -16,6 +16,7 @@ declines and the documents are said not to hold the answer.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,13 +91,15 @@ def new_model(rank: int = 16, alpha: int = 32, dropout: float = 0.1, seed: int =
     return get_peft_model(model, config)
 
 
-def load_trained(directory: Path, trainable: bool = False):
-    """The base encoder with a saved adapter and head; merged into plain weights unless ``trainable``."""
+def load_trained(directory: Path, trainable: bool = False, eager: bool = False):
+    """The base encoder with a saved adapter and head; merged into plain weights unless ``trainable``.
+    ``eager`` attention traces to the plain MatMul/Softmax that ONNX Runtime fuses."""
     from peft import PeftModel
     from transformers import AutoModelForQuestionAnswering
 
     _quiet_transformers()
-    base = AutoModelForQuestionAnswering.from_pretrained(base_model_path())
+    base = AutoModelForQuestionAnswering.from_pretrained(base_model_path(),
+                                                         **({"attn_implementation": "eager"} if eager else {}))
     model = PeftModel.from_pretrained(base, str(directory), is_trainable=trainable)
     return model if trainable else model.merge_and_unload()
 
@@ -140,40 +143,141 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndar
     return int(starts[i]), int(ends[j]), float(scores[i, j])
 
 
-class SpanReader:
-    """A loaded span reader (weights merged, eval mode); thread-safe, one forward pass per question."""
+# --- ONNX form: the merged weights exported once, fused by ONNX Runtime ----------------------------
 
-    def __init__(self, directory: str | Path = SHIPPED):
+ONNX_EXPORT_VERSION = 1
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def onnx_path(directory: Path, cache_dir: str | Path) -> Path:
+    """<cache>/readers/span-reader-<weights hash>-onnx-v<N>/model.onnx: a new adapter gets a new export."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update((Path(directory) / name).read_bytes())
+    return Path(cache_dir) / "readers" / f"span-reader-{digest.hexdigest()[:12]}-onnx-v{ONNX_EXPORT_VERSION}" / "model.onnx"
+
+
+def export_onnx(directory: Path, target: Path) -> Path:
+    """The merged reader as one float32 ONNX graph (dynamic batch and length), attention fused; written
+    under a temporary name and renamed, so a torn file is never used."""
+    import uuid
+    import warnings
+
+    import torch
+
+    from rag.encoders import fuse_transformer
+
+    model = load_trained(directory, eager=True).eval()
+    tokenizer = load_tokenizer()
+    sample = tokenizer(["a question?", "another question"], ["a short passage", "a longer passage, padded"],
+                       padding=True, return_tensors="pt")
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.start_logits, out.end_logits
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    traced = target.with_name(f".{uuid.uuid4().hex}.traced.tmp")
+    fused = target.with_name(f".{uuid.uuid4().hex}.fused.tmp")
+    axes = {n: {0: "batch", 1: "sequence"} for n in _INPUTS} | {
+        "start_logits": {0: "batch", 1: "sequence"}, "end_logits": {0: "batch", 1: "sequence"}}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Logits(), tuple(sample[n] for n in _INPUTS), str(traced), input_names=list(_INPUTS),
+                              output_names=["start_logits", "end_logits"], dynamic_axes=axes, opset_version=17,
+                              dynamo=False)
+        config = model.config
+        fuse_transformer(traced, fused, config.num_attention_heads, config.hidden_size)
+        os.replace(fused, target)
+    finally:
+        traced.unlink(missing_ok=True)
+        fused.unlink(missing_ok=True)
+    return target
+
+
+class _OnnxLogits:
+    """Start/end logits from ONNX Runtime, called like the torch model's numpy path."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.session.run(["start_logits", "end_logits"],
+                                      {n: inputs[n].astype(np.int64) for n in _INPUTS})
+        return start, end
+
+
+def _default_cache_dir() -> Path:
+    from rag.generators import model_cache_dir
+
+    return model_cache_dir()
+
+
+READER_BACKENDS = ("onnx", "torch")
+
+
+class SpanReader:
+    """A loaded span reader; thread-safe, one forward pass over every window of a question's passages.
+
+    ``backend``: ``onnx`` (default; exported once into the model cache, fused attention) or ``torch``
+    (the merged weights in PyTorch: what training validates with).
+    """
+
+    def __init__(self, directory: str | Path = SHIPPED, backend: str = "onnx", cache_dir: str | Path | None = None):
+        if backend not in READER_BACKENDS:
+            raise RagError(f"unknown span reader back end {backend!r}: use {', '.join(READER_BACKENDS)}")
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         known = {k: v for k, v in self.manifest.get("settings", {}).items() if k in ReaderSettings.__dataclass_fields__}
         self.settings = ReaderSettings(**known)
         self.tokenizer = load_tokenizer()
-        self.model = load_trained(self.directory).eval()
+        self.backend = backend
+        if backend == "onnx":
+            path = onnx_path(self.directory, cache_dir or _default_cache_dir())
+            if not path.is_file():
+                export_onnx(self.directory, path)
+            self._onnx = _OnnxLogits(path)
+        else:
+            self.model = load_trained(self.directory).eval()
         self._lock = threading.Lock()
+
+    def logits(self, enc) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end logits of every window: (windows, length) each."""
+        import torch
+
+        if self.backend == "onnx":
+            return self._onnx({n: enc[n] for n in _INPUTS})
+        with torch.inference_mode():
+            out = self.model(**{n: torch.from_numpy(enc[n]) for n in _INPUTS})
+        return out.start_logits.float().numpy(), out.end_logits.float().numpy()
 
     @property
     def name(self) -> str:
         return self.manifest.get("name", self.directory.name)
 
-    def spans(self, question: str, texts: list[str], batch_windows: int = 16) -> list[SpanChoice | None]:
+    def spans(self, question: str, texts: list[str]) -> list[SpanChoice | None]:
         """The best span of each passage (None where a passage offers none)."""
-        import torch
-
         if not texts:
             return []
         s = self.settings
         enc = windows(self.tokenizer, question, texts, s.max_length, s.stride)
         owners = enc["overflow_to_sample_mapping"]
         best: list[SpanChoice | None] = [None] * len(texts)
-        inputs = {k: torch.from_numpy(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-        with self._lock, torch.inference_mode():
-            starts, ends = [], []
-            for i in range(0, len(owners), batch_windows):
-                out = self.model(**{k: v[i:i + batch_windows] for k, v in inputs.items()})
-                starts.append(out.start_logits.float().numpy())
-                ends.append(out.end_logits.float().numpy())
-        start_logits, end_logits = np.concatenate(starts), np.concatenate(ends)
+        with self._lock:
+            start_logits, end_logits = self.logits(enc)
         for w, owner in enumerate(owners.tolist()):
             context = np.array([sid == 1 for sid in enc.sequence_ids(w)])
             a, b, score = best_span(start_logits[w], end_logits[w], context)
@@ -229,12 +333,13 @@ def reader_status(data_dir: Path | None) -> dict:
             "scores": manifest.get("scores", {})}
 
 
-def load_span_reader(directory: str | Path) -> SpanReader:
-    """One loaded reader per directory per process (loading takes about a second)."""
+def load_span_reader(directory: str | Path, cache_dir: str | Path | None = None) -> SpanReader:
+    """One loaded reader per directory per process (a second to load; the first use of new weights also
+    exports them to ONNX, about 20 s, into the model cache: ``cache_dir``, RAG_MODEL_CACHE or <data>/models)."""
     key = str(Path(directory).resolve())
     with _LOAD_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = SpanReader(directory)
+            _LOADED[key] = SpanReader(directory, cache_dir=cache_dir)
         return _LOADED[key]
 
 

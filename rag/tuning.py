@@ -504,7 +504,7 @@ def tune_reader(data_path: str | Path, data_dir: str | Path | None, config: Tune
         validation = [e for e in data.examples if e.group in set(validation_groups)]
         scores: dict = {}
         if validation:
-            reader = SpanReader(work)
+            reader = SpanReader(work, backend="torch")  # what was trained, without an export
             scores["given_paragraph"] = result.validation[-1] if result.validation else {}
             if open_setting:
                 say("open setting: retrieving from every context of the data")

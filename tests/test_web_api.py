@@ -477,7 +477,7 @@ def test_a_missing_generator_is_reported_and_search_still_works(data_dir, encode
     assert response.status_code == 200 and "Stevenson" in response.get_json()["answer"]
     stats = client.get("/api/stats").get_json()
     assert stats["generator"]["state"] == "missing"
-    assert "Ask needs a generator" in stats["message"]
+    assert "fid readers and HyDE need a generator" in stats["message"]
     status, body = search(client, q="lighthouse", k=1)
     assert status == 200 and body["results"]
     events = sse_events(client.post("/api/ask", json={"question": "Who?", "reader": "fid"},

@@ -89,6 +89,7 @@ def test_status_area_shows_the_library(page):
     assert int(page.text_content("#stat-passages")) >= len(NOTES)
     assert page.text_content("#stat-encoder") == "all-MiniLM-L6-v2"
     assert page.text_content("#stat-backend")
+    assert page.text_content("#stat-reader").startswith("span, shipped: ")
     assert page.get_attribute("#stat-generator", "data-state") in ("lazy", "loaded")
     assert "first Ask" in page.text_content("#stat-generator") or "loaded" in page.text_content("#stat-generator")
     assert page.is_hidden("#status-message")
@@ -190,7 +191,10 @@ def test_ask_answers_and_a_citation_highlights_its_passage(browser, data_dir, en
         answer = page.text_content("#answer-text")
         assert "Stevenson" in answer
         assert "citation" in page.text_content("#answer-meta")
-        assert page.get_attribute("#stat-generator", "data-state") == "loaded"
+        # the default (span) reader: the answer shown in its sentence, the span marked
+        assert page.is_visible("#answer-sentence")
+        assert "Stevenson" in page.text_content("#answer-sentence mark")
+        assert len(page.text_content("#answer-sentence")) > len(page.text_content("#answer-sentence mark"))
 
         citation = page.locator("#answer-text a.citation").first
         passage_id = citation.get_attribute("data-passage")

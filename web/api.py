@@ -83,7 +83,8 @@ def stats_json() -> dict:
         stats["message"] = ("The library is empty: add files with the upload form below, "
                             "or run `rag ingest PATH` and reload.")
     elif stats["generator"]["state"] == "missing":
-        stats["message"] = "Search works, but Ask needs a generator: " + stats["generator"]["message"]
+        stats["message"] = ("Search and Ask (span and extract readers) work; the prompt and fid readers and HyDE "
+                            "need a generator: " + stats["generator"]["message"])
     return stats
 
 
