@@ -132,10 +132,7 @@ class NswIndex(TombstoneIndex):
         graph = read_faiss(path, self.dim)
         if not isinstance(graph, faiss.IndexHNSWFlat) or (graph.ntotal and graph_levels(graph).max() != 1):
             raise IndexFileError(f"index file {path} does not hold a single-level HNSW graph")
-        try:
-            self.slots = SlotTable.from_state(np.load(slots_path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise IndexFileError(f"index file is corrupt: {slots_path}: {exc}") from exc
+        self.slots = SlotTable.load(slots_path)
         if graph.ntotal != self.slots.size:
             raise IndexFileError(f"index file {path} holds {graph.ntotal} nodes, {slots_path} {self.slots.size}")
         graph.hnsw.efSearch = self.ef

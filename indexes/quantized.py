@@ -236,10 +236,7 @@ class QuantizedIndex(TombstoneIndex):
 
     def _load_files(self, directory: Path, manifest: dict) -> None:
         slots_path = require_file(directory, SLOTS_FILE)
-        try:
-            self.slots = SlotTable.from_state(np.load(slots_path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise IndexFileError(f"index file is corrupt: {slots_path}: {exc}") from exc
+        self.slots = SlotTable.load(slots_path)
         self.vectors = SlotVectors.load(require_file(directory, VECTORS_FILE), self.dim,
                                         self.params["memory_mapped"])
         if self.vectors.size != self.slots.size:
