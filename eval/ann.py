@@ -1,5 +1,9 @@
 """ANN benchmark: every backend, a sweep of its main parameter, against exact search.
 
+A few backends are also built with other build parameters (``sq`` at 4 bits, fp16 and with an
+inverted file), each shown as its own line; ``nsw`` and ``hnsw`` side by side show what hnsw's
+upper levels buy.
+
 Per run: build time, recall@1 and recall@10 against exact search, queries/s single-threaded
 (all queries in one call, best of a few repeats), bytes per vector held in RAM, and the same
 search timed as a raw library call (faiss / hnswlib / scipy directly, on the very same
@@ -23,6 +27,7 @@ import numpy as np
 
 from indexes import create_index
 from indexes.checks import normalize_rows
+from indexes.quantized import auto_cells
 
 DEFAULT_N = 100_000
 N_QUERIES = 1_000
@@ -30,7 +35,7 @@ N_QUERIES = 1_000
 
 @dataclass
 class Run:
-    backend: str
+    backend: str  # the backend, or the name of one of its VARIANTS (e.g. "sq-4bit")
     setting: str  # the swept parameter, e.g. "ef_search=64"
     default: bool  # the value create_index(name, dim) uses
     build_s: float
@@ -40,6 +45,7 @@ class Run:
     bytes_per_vector: float
     raw_qps: float | None = None  # the library called directly on the same structure
     raw_what: str = ""
+    build: str = ""  # a variant's build parameters, e.g. "bits=4"
 
     @property
     def wrapper_share(self) -> float | None:
@@ -55,12 +61,14 @@ class Report:
     dim: int
     runs: list[Run] = field(default_factory=list)
     targets: list[tuple[str, bool, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
             "source": self.source, "n": self.n, "n_queries": self.n_queries, "dim": self.dim,
             "runs": [{**asdict(r), "wrapper_share": r.wrapper_share} for r in self.runs],
             "targets": [{"target": t, "met": met, "measured": how} for t, met, how in self.targets],
+            "notes": self.notes,
         }
 
 
@@ -178,48 +186,75 @@ class Sweep:
     search: dict  # given to index.set_search_params
     default: bool
     raw_what: str = ""  # what the backend's raw_search runs, for the report
+    label: str = ""  # a variant's name (VARIANTS); the backend's own build when empty
+    build: dict = field(default_factory=dict)  # a variant's create_index parameters
 
     @property
     def setting(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.search.items()) or "exact"
 
+    @property
+    def name(self) -> str:
+        return self.label or self.backend
+
 
 RAW = {"flat": "faiss IndexFlat.search", "hnsw": "hnswlib knn_query",
+       "nsw": "faiss IndexHNSWFlat.search (level 0 only)",
        "ivfpq": "faiss IndexIVFPQ + IndexRefineFlat", "pq": "faiss IndexPQ + IndexRefineFlat",
+       "sq": "faiss IndexScalarQuantizer + IndexRefineFlat",
+       "sq-ivf": "faiss IndexIVFScalarQuantizer + IndexRefineFlat",
        "kdtree": "scipy cKDTree.query + numpy re-rank"}
 # Each backend's search-time parameter and the values swept (the default marked by DEFAULTS).
-SWEEPS = {"flat": ("", ()), "hnsw": ("ef_search", (16, 32, 64, 128, 256)),
+SWEEPS = {"flat": ("", ()), "hnsw": ("ef_search", (16, 32, 64, 128, 256)), "nsw": ("ef", (16, 32, 64, 128, 256, 512)),
           "ivfpq": ("nprobe", (8, 16, 32, 64, 128)), "pq": ("rerank", (0, 25, 50, 100, 200)),
+          "sq": ("rerank", (0, 25, 50, 100, 200)),
           "lsh": ("probes", (16, 32, 64, 128)), "kdtree": ("rerank", (50, 100, 200, 400))}
-DEFAULTS = {"hnsw": 64, "ivfpq": 32, "pq": 100, "lsh": 64, "kdtree": 200}
+DEFAULTS = {"hnsw": 64, "nsw": 128, "ivfpq": 32, "pq": 100, "sq": 100, "lsh": 64, "kdtree": 200}
+# Other builds of a backend, each its own line: name -> (backend, build parameters, swept parameter,
+# values); nlist "auto" follows the collection size as ivfpq's does.
+VARIANTS = {"sq-4bit": ("sq", {"bits": 4}, "rerank", (0, 100)),
+            "sq-fp16": ("sq", {"bits": 16}, "rerank", (0, 100)),
+            "sq-ivf": ("sq", {"nlist": "auto"}, "nprobe", (8, 16, 32, 64, 128))}
 
 
-def sweeps(dim: int) -> list[Sweep]:
+def sweeps(n: int) -> list[Sweep]:
+    """Every backend's default build with its search-time parameter swept, then the VARIANTS
+    (built for ``n`` vectors)."""
     out = []
     for backend, (param, values) in SWEEPS.items():
         if not values:
             out.append(Sweep(backend, {}, True, RAW.get(backend, "")))
         for value in values:
             out.append(Sweep(backend, {param: value}, value == DEFAULTS.get(backend), RAW.get(backend, "")))
+    for label, (backend, build, param, values) in VARIANTS.items():
+        build = {k: auto_cells(n) if v == "auto" else v for k, v in build.items()}
+        out += [Sweep(backend, {param: value}, False, RAW.get(label, RAW.get(backend, "")), label, build)
+                for value in values]
     return out
 
 
 def run_benchmark(base: np.ndarray, queries: np.ndarray, source: str, backends: list[str] | None = None,
                   progress: Callable[[str], None] = lambda line: None) -> Report:
-    """Build each backend once with defaults, then sweep its search-time parameter."""
+    """Build each backend once with defaults (and each variant with its own parameters), then
+    sweep its search-time parameter. A quantizer not trained yet (fewer vectors than its
+    train_size) is trained on what is there, so a small run measures its codes."""
     truth = exact_neighbours(base, queries)
     report = Report(source=source, n=len(base), n_queries=len(queries), dim=base.shape[1])
     ids = np.arange(len(base), dtype=np.int64)
-    plan = [s for s in sweeps(base.shape[1]) if backends is None or s.backend in backends]
+    plan = [s for s in sweeps(len(base)) if backends is None or s.backend in backends]
     with single_thread():
-        for backend in dict.fromkeys(s.backend for s in plan):
-            progress(f"building {backend} over {len(base)} vectors")
+        for name in dict.fromkeys(s.name for s in plan):
+            first = next(s for s in plan if s.name == name)
+            build = ", ".join(f"{k}={v}" for k, v in first.build.items())
+            progress(f"building {first.backend}{f' ({build})' if build else ''} over {len(base)} vectors")
             gc.collect()
             start = time.perf_counter()
-            index = create_index(backend, base.shape[1])
+            index = create_index(first.backend, base.shape[1], **first.build)
             index.add(ids, base)
+            if not getattr(index, "is_trained", True):
+                index.train()
             build_s = time.perf_counter() - start
-            for sweep in (s for s in plan if s.backend == backend):
+            for sweep in (s for s in plan if s.name == name):
                 index.set_search_params(**sweep.search)
                 found, _ = index.search(queries, 10)
                 ours = lambda: index.search(queries, 10)  # noqa: E731
@@ -228,14 +263,18 @@ def run_benchmark(base: np.ndarray, queries: np.ndarray, source: str, backends: 
                     qps, raw_qps = best_qps([ours, raw_search], len(queries))
                 else:
                     (qps,), raw_qps = best_qps([ours], len(queries)), None
-                run = Run(backend, sweep.setting, sweep.default, build_s, recall_at(found, truth, 1),
+                run = Run(name, sweep.setting, sweep.default, build_s, recall_at(found, truth, 1),
                           recall_at(found, truth, 10), qps, index.memory_bytes() / len(index), raw_qps,
-                          sweep.raw_what if raw_search is not None else "")
+                          sweep.raw_what if raw_search is not None else "", build)
                 report.runs.append(run)
                 progress(format_run(run))
             del index
     report.targets = check_targets(report)
+    report.notes = upper_levels(report)
     return report
+
+
+DEFAULT_RECALL = {"hnsw": 0.95, "nsw": 0.95, "sq": 0.98}  # recall@10 floors at default parameters (else 0.85)
 
 
 def check_targets(report: Report) -> list[tuple[str, bool, str]]:
@@ -275,9 +314,18 @@ def check_targets(report: Report) -> list[tuple[str, bool, str]]:
             continue
         default = next((r for r in runs if r.backend == backend and r.default), None)
         if default:
-            floor = 0.95 if backend == "hnsw" else 0.85
+            floor = DEFAULT_RECALL.get(backend, 0.85)
             out.append((f"{backend} defaults recall@10 >= {floor}", default.recall_at_10 >= floor,
                         f"{default.recall_at_10:.3f}"))
+    sq_codes_only = next((r for r in runs if r.backend == "sq" and r.setting == "rerank=0"), None)
+    if sq_codes_only:
+        out.append(("sq 8-bit codes without re-rank (rerank=0) recall@10 >= 0.90", sq_codes_only.recall_at_10 >= 0.90,
+                    f"{sq_codes_only.recall_at_10:.3f}, {sq_codes_only.bytes_per_vector:.0f} B/vector in RAM"))
+    for backend in ("nsw", "sq"):
+        default = next((r for r in runs if r.backend == backend and r.default and r.wrapper_share), None)
+        if default:
+            out.append((f"{backend} defaults keep >= 90% of the raw library's QPS", default.wrapper_share >= 0.9,
+                        f"{100 * default.wrapper_share:.0f}%"))
     lsh_default = next((r for r in runs if r.backend == "lsh" and r.default), None)
     if lsh_default:
         out.append(("lsh defaults recall@10 >= 0.85", lsh_default.recall_at_10 >= 0.85,
@@ -288,6 +336,24 @@ def check_targets(report: Report) -> list[tuple[str, bool, str]]:
         out.append(("our interface keeps >= 90% of the raw library's QPS", worst.wrapper_share >= 0.9,
                     f"lowest: {worst.backend} {worst.setting} at {100 * worst.wrapper_share:.0f}%"))
     return out
+
+
+def upper_levels(report: Report, recall: float = 0.95) -> list[str]:
+    """What hnsw's upper levels buy over the one-level nsw graph: build time, and the best QPS each
+    reaches at equal recall."""
+    hnsw = [r for r in report.runs if r.backend == "hnsw"]
+    nsw = [r for r in report.runs if r.backend == "nsw"]
+    if not (hnsw and nsw):
+        return []
+
+    def fastest(runs: list[Run]) -> str:
+        ok = [r for r in runs if r.recall_at_10 >= recall]
+        best = max(ok, key=lambda r: r.qps) if ok else None
+        return f"{best.qps:,.0f} QPS ({best.setting})" if best else f"recall {recall} not reached"
+
+    return [f"hnsw beside nsw (what the upper levels buy): build {hnsw[0].build_s:.1f} s vs {nsw[0].build_s:.1f} s; "
+            f"fastest at recall@10 >= {recall}: {fastest(hnsw)} vs {fastest(nsw)} "
+            "(hnsw is hnswlib, nsw faiss: the libraries differ too)"]
 
 
 # --- output ---
@@ -312,6 +378,7 @@ def format_table(report: Report) -> str:
     lines += [format_run(run, flat) for run in report.runs]
     lines.append("")
     lines += [f"[{'met' if met else 'MISSED'}] {target}: {how}" for target, met, how in report.targets]
+    lines += report.notes
     return "\n".join(lines)
 
 
@@ -320,9 +387,10 @@ def plot(report: Report, path: Path) -> Path:
     from eval.plots import plt, save_figure  # Agg: files only
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for backend in dict.fromkeys(r.backend for r in report.runs):
+    for i, backend in enumerate(dict.fromkeys(r.backend for r in report.runs)):
         runs = sorted((r for r in report.runs if r.backend == backend), key=lambda r: r.recall_at_10)
-        ax.plot([r.recall_at_10 for r in runs], [r.qps for r in runs], marker="o", label=backend)
+        ax.plot([r.recall_at_10 for r in runs], [r.qps for r in runs], marker="os^vD<>ph*"[i % 10],
+                linestyle="-" if i < 10 else "--", color=f"C{i % 10}", label=backend)
     ax.set_yscale("log")
     ax.set_xlabel("recall@10")
     ax.set_ylabel("queries per second (1 thread, log)")

@@ -116,6 +116,7 @@ def ann_section(store, out_dir: Path, backends: list[str] | None = None, max_que
     notes = [f"{report.n:,} vectors indexed, {report.n_queries:,} held-out passage vectors as queries, "
              "recall against exact search, single-thread queries/s; default = the parameters create_index uses"]
     notes += [f"benchmark target [{'met' if met else 'missed'}] {target}: {how}" for target, met, how in report.targets]
+    notes += report.notes
     return Section(title, ANN_COLUMNS, rows, [png], notes,
                    {"build_s": ".2f", "recall_at_1": ".3f", "recall_at_10": ".3f", "qps": ",.0f",
                     "bytes_per_vector": ",.0f"}), report

@@ -163,7 +163,7 @@ def _write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
-QUANTIZED = ("pq", "ivfpq")
+QUANTIZED = ("pq", "ivfpq", "sq")
 
 
 def backend_index(store: EvalStore, backend: str):

@@ -68,6 +68,12 @@ def check_remove_ids(ids: Any) -> np.ndarray:
     return np.unique(array.astype(np.int64))
 
 
+def check_positive(backend: str, key: str, value: Any) -> None:
+    """A backend's integer parameter (M, nlist, nprobe, ef, ...) must be a positive int, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{backend} parameter {key} must be a positive integer, got {value!r}")
+
+
 def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")

@@ -10,14 +10,18 @@ from indexes.flat import FlatIndex
 from indexes.hnsw import HnswIndex
 from indexes.kdtree import KDTreeIndex
 from indexes.lsh import LSHIndex
+from indexes.nsw import NswIndex
 from indexes.pq import IVFPQIndex, PQIndex
+from indexes.sq import SQIndex
 
 BACKENDS: dict[str, Callable[..., BaseIndex]] = {
     "flat": FlatIndex,
     "lsh": LSHIndex,
     "pq": PQIndex,
     "ivfpq": IVFPQIndex,
+    "sq": SQIndex,
     "kdtree": KDTreeIndex,
+    "nsw": NswIndex,
     "hnsw": HnswIndex,
 }
 

@@ -1,7 +1,11 @@
 """Tombstones for backends whose structure cannot delete: caller ids map to dense slots."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from indexes.storage import IndexFileError
 
 
 class SlotTable:
@@ -98,3 +102,11 @@ class SlotTable:
         if len(np.unique(table._sorted_ids)) != len(table._sorted_ids):
             raise ValueError("slot table holds duplicate ids")
         return table
+
+    @classmethod
+    def load(cls, path: Path) -> "SlotTable":
+        """The table saved with ``np.save(path, table.state())``; a bad file is an IndexFileError naming it."""
+        try:
+            return cls.from_state(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise IndexFileError(f"index file is corrupt: {path}: {exc}") from exc
