@@ -132,9 +132,30 @@ def test_every_document_lands_on_its_shard_and_is_found(cluster_data, ray_addres
         assert all(counts[d.id] == len(library.passages_of(d.id)) for d in docs)
 
 
+def test_an_ingest_over_the_cluster_gives_one_librarys_results(tmp_path, ray_address, encoder, single, corpus):
+    """The same files encoded again by the cluster's encoder actors, in other company than the one
+    library's ingest gave them (two groups instead of one batch of eight), get the very same vectors:
+    every mode gives the one library's results exactly."""
+    from rag.cluster import open_cluster_library
+
+    files = sorted(str(p) for p in corpus.iterdir())
+    with open_cluster_library(tmp_path / "data", ray_address, shards=3, backend="flat", encoder=encoder) as library:
+        for group in (files[::2], files[1::2]):
+            assert ingest_paths(library, group, encoders=1).added == len(group)
+        for query in QUERIES:
+            for mode in ("dense", "keyword", "hybrid"):
+                ours, theirs = search(library, query, k=10, mode=mode), search(single, query, k=10, mode=mode)
+                (ids, scores), (want_ids, want_scores) = _view(ours), _view(theirs)
+                assert ids == want_ids, (mode, query)
+                if mode == "dense":
+                    assert scores == want_scores, query
+                else:
+                    assert scores == pytest.approx(want_scores, rel=1e-9)
+
+
 def test_results_match_one_unsharded_library(tmp_path, ray_address, encoder, single, corpus):
-    """The one library's passages and vectors copied onto three shards (no re-encoding: the int8 encoder's
-    vectors depend on what else shares their batch), then every mode and filter gives its results exactly."""
+    """The one library's passages and vectors copied onto three shards (import_library: no re-encoding),
+    then every mode and filter gives its results exactly."""
     from rag.cluster import open_cluster_library
 
     with open_cluster_library(tmp_path / "data", ray_address, shards=3, backend="flat", encoder=encoder) as library:
