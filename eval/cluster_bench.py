@@ -128,8 +128,7 @@ def measure_ingest(items: list[SourceDocument], root: Path, address: str, encode
 
 def _stores(items: list[SourceDocument], root: Path, address: str, encoder, shards: int):
     """One store over ``items`` (flat index: exact) and a cluster library holding the same passages and
-    vectors (ClusterLibrary.import_library: the int8 encoder's vectors depend on what else shares their
-    batch, so a second encoding would differ by ~1e-3 in cosine); built once and reused."""
+    vectors (ClusterLibrary.import_library: copied, not encoded a second time); built once and reused."""
     from rag.cluster import open_cluster_library
     from rag.ingest import ingest_documents
     from rag.library import open_library

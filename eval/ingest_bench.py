@@ -241,8 +241,10 @@ def run(data_dir: Path, pages: int = 150, backend: str = "hnsw", queries: int = 
         bench.ingest_passages_per_s = through["passages"] / through["ingest_seconds"]
         bench.raw_passages_per_s = through["passages"] / through["raw_seconds"]
         bench.ratio = bench.ingest_passages_per_s / bench.raw_passages_per_s
+        batching = (f"batch {encoder.batch_size}" if encoder.backend == "torch"
+                    else f"each text alone, {encoder.threads} worker threads")
         bench.notes += [f"{len(chosen)} pages of {PYTHON_DOCS / 'library'}; encoder {encoder.name} "
-                        f"({encoder.backend} back end), batch {encoder.batch_size}",
+                        f"({encoder.backend} back end), {batching}",
                         "ingest: parse + chunk + encode + SQLite/FTS5 + index, model already loaded; "
                         "raw: PyTorch SentenceTransformer.encode (float32) on the same encoder inputs; "
                         "4 alternating rounds (ingest a quarter of the pages, then encode its inputs raw)"]

@@ -6,10 +6,10 @@ query's dense top 10 it keeps, and dense nDCG@10 on the subset. Variants are mad
 quantizers from the cached float32 export:
 
 - ``dynamic``: ``quantize_dynamic`` (the onnx-int8 form: uint8 per-channel weights, activations scaled
-  per batch; ``dynamic-rr`` 7-bit, ``dynamic-s8`` signed weights; a ``-qkv`` suffix quantizes the fused
-  attention's query/key/value projection too), optionally leaving some MatMuls
-  float32 (``:ex0o+ex1o`` = layers 0 and 1's feed-forward output; ``ex*i`` every feed-forward input;
-  ``ex3q`` layer 3's attention projection, with ``-qkv``);
+  per input: each text alone, as the encoder runs it; ``dynamic-rr`` 7-bit, ``dynamic-s8`` signed
+  weights; a ``-qkv`` suffix quantizes the fused attention's query/key/value projection too),
+  optionally leaving some MatMuls float32 (``:ex0o+ex1o`` = layers 0 and 1's feed-forward output;
+  ``ex*i`` every feed-forward input; ``ex3q`` layer 3's attention projection, with ``-qkv``);
 - ``static[-pct|-ent][-u8|-rr]``: ``quantize_static`` in QDQ form, activation ranges calibrated on
   Python-docs text (never SciFact) with MinMax, Percentile or Entropy;
 - ``layerN``: only layer N's MatMuls quantized, to see which ones cost the most.
@@ -158,11 +158,11 @@ def subset(dataset, passages: int, seed: int = 0) -> tuple[list[str], list[str]]
 
 
 def encode_with(encoder: OnnxEncoder, model: Path, texts: list[str]) -> np.ndarray:
-    """The encoder's own batching and pooling, over another ONNX file."""
+    """The encoder's own tokenizing and pooling (each text alone), over another ONNX file."""
     import copy
 
     other = copy.copy(encoder)
-    other._batch, other._query = _session(model, 0), _session(model, 1)
+    other._session = _session(model, 1)
     return other.encode(texts)
 
 

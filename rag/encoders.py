@@ -11,6 +11,10 @@ One model, three back ends, chosen by name and recorded in the store (``rag inge
   layers' attention projections stay float32. Fastest of the three, and its SciFact nDCG@10 stays within
   0.005 of torch's, dense and hybrid.
 
+The ONNX back ends encode each text alone (a batch of one, unpadded): dynamic quantization scales a
+MatMul's activations over the whole input it is given, so in a batch an int8 vector depended on its
+neighbours and padding. Alone, a vector is a function of its text only, bit for bit (see OnnxEncoder).
+
 sentence-transformers' own ONNX back end needs optimum-onnx, whose only release requires
 transformers < 4.58 (we run 5.x): the export is made with ``torch.onnx.export`` and quantized
 with ``onnxruntime.quantization`` instead, the libraries optimum itself calls.
@@ -36,17 +40,19 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
 # The fastest back end whose SciFact nDCG@10 (dense and hybrid, flat) stays within 0.005 of torch's.
 # Whole SciFact, 300 queries (see README): torch dense 0.6549 / hybrid 0.7170; onnx the same to four
-# places; onnx-int8 (export v4) 0.6578 / 0.7144 (v3 0.6553 / 0.7184). (Export v2, every feed-forward MatMul
-# int8, lost 0.0079 hybrid: 0.6538 / 0.7091.)
+# places; onnx-int8 (export v4, batches of 64) 0.6578 / 0.7144 (v3 0.6553 / 0.7184); v5, each text alone:
+# to be measured. (Export v2, every feed-forward MatMul int8, lost 0.0079 hybrid: 0.6538 / 0.7091.)
 DEFAULT_ENCODER_BACKEND = "onnx-int8"
-EXPORT_VERSION = 4  # bump when the export changes: a new cache directory, old files unused
+# Bump when the export, or how it is run, changes int8 vectors: a new cache directory, old files unused,
+# stores of an earlier version refused. v5: v4's file, each text encoded alone (v4 vectors depended on
+# what shared their batch).
+EXPORT_VERSION = 5
 
 # Which back ends may share a store. Measured on 1,000 Python-docs passages against torch (see README):
 # onnx agrees to cosine 0.99999+ (the same float32 arithmetic in another order), so its vectors are
 # interchangeable with torch's; int8 ones (export v3; v4 is 0.0002 further on SciFact) agree to 0.9972 on
 # average (worst 0.992; the same nearest neighbour for 98.0% of passages), as far apart as neighbouring
-# hits often are, and shift with what shares their batch, so mixing them with float32 vectors in one
-# store is refused.
+# hits often are, so mixing them with float32 vectors in one store is refused.
 VECTOR_FAMILY = {"torch": "float32", "onnx": "float32", "onnx-int8": "int8"}
 
 
@@ -292,9 +298,9 @@ def quantize_onnx(source: Path, target: Path) -> Path:
     (Gather) stays float32: quantizing it cost another 0.002 and saves only memory. In the fused graph
     the attention blocks (their query/key/value projections) stay float32 too. Of the rest, the
     feed-forward output projections cost most (their inputs, GELU outputs, have a long tail that one
-    scale per batch resolves poorly), and the first layers' most: leaving the first three float32 cuts
+    scale per input resolves poorly), and the first layers' most: leaving the first three float32 cuts
     the error by 60% (500 SciFact abstracts, mean cosine to float32: 0.9960 -> 0.9985; all six float32:
-    0.9989). The fused attention blocks' projections (a quarter of the weights) are quantized in the first
+    0.9989; measured on batches of 64). The fused attention blocks' projections (a quarter of the weights) are quantized in the first
     three layers only: each later one costs 2-4x more (cosine 0.9985 -> 0.9983 for the first three, 0.9975
     for all six), and those three make one query's encoding 14% faster (4.80 -> 4.14 ms p50). 71% of the
     weight multiplications run int8 (eval/int8_variants.py measures variants).
@@ -329,7 +335,7 @@ def ensure_onnx_model(model_path: str, cache_dir: str | os.PathLike, quantized: 
     return int8 if quantized else fp32
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int = 1):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -339,33 +345,42 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class OnnxEncoder:
     """``onnx`` / ``onnx-int8``: ONNX Runtime over the cached export, the model's own tokenizer.
 
-    Two sessions over one file: big batches (ingest) run on every core, a query or two on one thread
-    (see SMALL_BATCH); ONNX Runtime sessions keep their own thread pools, so nothing process-wide changes.
-    Inputs are tokenized once, sorted by length and cut into batches padded to their longest member.
+    Each text is encoded alone, unpadded, on one thread: its vector is a function of its text only,
+    bit for bit, whatever else is encoded with it (``onnx-int8`` scales its activations over the
+    whole input it is given, so in a batch a text's vector shifted with its neighbours and padding;
+    float32 GEMMs too differ in the last bit with the batch's shape). Several texts are spread over
+    ``threads`` workers (0: one per core), longest first, all running one single-threaded session;
+    a single text (a query) runs on the caller's thread. ONNX Runtime sessions keep their own
+    threads, so nothing process-wide changes.
     """
 
     def __init__(self, model: str | None = None, quantized: bool = False, cache_dir: str | os.PathLike | None = None,
-                 batch_size: int = 64, threads: int = 0):
+                 threads: int = 0):
         _offline()
         from transformers import AutoTokenizer
 
         self.path, self.name = _model_path(model)
         self.backend = "onnx-int8" if quantized else "onnx"
-        self.batch_size = batch_size
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.path)
         except Exception as exc:
             raise EncoderError(f"cannot load the tokenizer of {self.path}: {exc}") from exc
         self.max_tokens = _max_seq_length(self.path, self._tokenizer)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer refuses concurrent calls ("Already borrowed")
-        self.threads = int(threads)  # big batches: 0 is one thread per physical core
+        self.threads = int(threads) or _cores()  # workers for several texts
+        self._pool = None
+        self._pool_lock = threading.Lock()
         cache = Path(cache_dir) if cache_dir else _default_cache_dir()
         self.file = self._open(cache, quantized)
-        width = self._query.get_outputs()[0].shape[-1]
-        self.dim = width if isinstance(width, int) else int(self.encode(["dimension"]).shape[1])
+        width = self._session.get_outputs()[0].shape[-1]
+        self.dim = width if isinstance(width, int) else len(self._encode_one(self._tokenizer("dimension")["input_ids"]))
 
     def _open(self, cache: Path, quantized: bool) -> Path:
         """Load the cached export. One that fails to load (torn, corrupt) is made again: first that file
@@ -377,7 +392,8 @@ class OnnxEncoder:
         for attempt in range(3):
             try:
                 ensure_onnx_model(self.path, cache, quantized)
-                self._batch, self._query = _session(path, self.threads), _session(path, 1)
+                self._session = _session(path, 1)
+                self._inputs = {i.name for i in self._session.get_inputs()}
                 return path
             except Exception as exc:
                 if attempt == 2:
@@ -403,33 +419,37 @@ class OnnxEncoder:
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._tokenizer_lock:
-            enc = self._tokenizer([str(t).strip() for t in texts], truncation=True, max_length=self.max_tokens)
-        ids = enc["input_ids"]
-        session = self._query if len(texts) <= SMALL_BATCH else self._batch
-        names = {i.name for i in session.get_inputs()}
-        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first, as sentence-transformers
-        starts = range(0, len(ids), self.batch_size)
+            ids = self._tokenizer([str(t).strip() for t in texts], truncation=True,
+                                  max_length=self.max_tokens)["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: the workers end together
+        inputs = [ids[i] for i in order]
+        if len(ids) == 1 or self.threads == 1:
+            vectors = map(self._encode_one, inputs)
+        else:
+            vectors = self._workers().map(self._encode_one, inputs)
         if progress:
             from tqdm import tqdm
 
-            starts = tqdm(starts, desc="Batches", unit="batch")
-        out = None
-        for start in starts:
-            rows = order[start:start + self.batch_size]
-            width = len(ids[rows[0]])
-            feed = {"input_ids": np.full((len(rows), width), self._tokenizer.pad_token_id or 0, dtype=np.int64),
-                    "attention_mask": np.zeros((len(rows), width), dtype=np.int64),
-                    "token_type_ids": np.zeros((len(rows), width), dtype=np.int64)}
-            for j, row in enumerate(rows):
-                n = len(ids[row])
-                feed["input_ids"][j, :n] = ids[row]
-                feed["attention_mask"][j, :n] = 1
-            vectors = session.run(["sentence_embedding"], {k: v for k, v in feed.items() if k in names})[0]
-            if out is None:
-                out = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
-            out[rows] = vectors
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # the int8 graph's output too
+            vectors = tqdm(vectors, total=len(ids), desc="Texts", unit="text")
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for row, vector in zip(order, vectors):
+            out[row] = vector
         return out
+
+    def _encode_one(self, ids: list[int]) -> np.ndarray:
+        """One text's token ids -> its unit vector: a batch of one, no padding."""
+        tokens = np.asarray([ids], dtype=np.int64)
+        feed = {"input_ids": tokens, "attention_mask": np.ones_like(tokens), "token_type_ids": np.zeros_like(tokens)}
+        vector = self._session.run(["sentence_embedding"], {k: v for k, v in feed.items() if k in self._inputs})[0][0]
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)  # the int8 graph's output too
+
+    def _workers(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"{self.backend}-encoder")
+            return self._pool
 
 
 def _max_seq_length(path: str, tokenizer) -> int:
@@ -452,7 +472,8 @@ def load_encoder(model: str | None = None, backend: str = DEFAULT_ENCODER_BACKEN
     """One loaded encoder per model, back end and cache per process, shared by every caller.
 
     ``cache_dir`` holds the ONNX exports (default: RAG_MODEL_CACHE, else <data>/models); ``threads``
-    bounds an ONNX encoder's big batches (0: every core; a cluster's encoder actor gets its share)."""
+    bounds the workers an ONNX encoder spreads several texts over (0: every core; a cluster's encoder
+    actor gets its share)."""
     check_encoder_backend(backend)
     cache = None if backend == "torch" else str(Path(cache_dir) if cache_dir else _default_cache_dir())
     return _load_encoder(str(model) if model else None, backend, cache, int(threads))

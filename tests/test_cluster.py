@@ -103,6 +103,19 @@ def _view(hits):
     return [(h.document.path, h.passage.order, h.passage.text) for h in hits], [h.score for h in hits]
 
 
+def _assert_same_results(library, single, query: str) -> None:
+    """Every mode's top 10: the same passages, and dense cosine scores the very same numbers (keyword and
+    hybrid ones summed over shards in another order)."""
+    for mode in ("dense", "keyword", "hybrid"):
+        ours, theirs = (search(lib, query, k=10, mode=mode) for lib in (library, single))
+        (ids, scores), (want_ids, want_scores) = _view(ours), _view(theirs)
+        assert ids == want_ids, (mode, query)
+        if mode == "dense":
+            assert scores == want_scores, query
+        else:
+            assert scores == pytest.approx(want_scores, rel=1e-9)
+
+
 def test_every_document_lands_on_its_shard_and_is_found(cluster_data, ray_address, encoder, corpus):
     from rag.cluster import MANIFEST_FILE, shard_of
 
@@ -132,9 +145,23 @@ def test_every_document_lands_on_its_shard_and_is_found(cluster_data, ray_addres
         assert all(counts[d.id] == len(library.passages_of(d.id)) for d in docs)
 
 
+def test_an_ingest_over_the_cluster_gives_one_librarys_results(tmp_path, ray_address, encoder, single, corpus):
+    """The same files encoded again by the cluster's encoder actors, in other company than the one
+    library's ingest gave them (two groups instead of one batch of eight), get the very same vectors:
+    every mode gives the one library's results exactly."""
+    from rag.cluster import open_cluster_library
+
+    files = sorted(str(p) for p in corpus.iterdir())
+    with open_cluster_library(tmp_path / "data", ray_address, shards=3, backend="flat", encoder=encoder) as library:
+        for group in (files[::2], files[1::2]):
+            assert ingest_paths(library, group, encoders=1).added == len(group)
+        for query in QUERIES:
+            _assert_same_results(library, single, query)
+
+
 def test_results_match_one_unsharded_library(tmp_path, ray_address, encoder, single, corpus):
-    """The one library's passages and vectors copied onto three shards (no re-encoding: the int8 encoder's
-    vectors depend on what else shares their batch), then every mode and filter gives its results exactly."""
+    """The one library's passages and vectors copied onto three shards (import_library: no re-encoding),
+    then every mode and filter gives its results exactly."""
     from rag.cluster import open_cluster_library
 
     with open_cluster_library(tmp_path / "data", ray_address, shards=3, backend="flat", encoder=encoder) as library:
@@ -142,14 +169,7 @@ def test_results_match_one_unsharded_library(tmp_path, ray_address, encoder, sin
         assert (report.added, report.failed) == (len(NOTES), 0)
         assert library.import_library(single).skipped == len(NOTES)  # unchanged: nothing copied twice
         for query in QUERIES:
-            for mode in ("dense", "keyword", "hybrid"):
-                ours, theirs = search(library, query, k=10, mode=mode), search(single, query, k=10, mode=mode)
-                (ids, scores), (want_ids, want_scores) = _view(ours), _view(theirs)
-                assert ids == want_ids, (mode, query)
-                if mode == "dense":
-                    assert scores == want_scores  # cosine scores are comparable as they are: the same numbers
-                else:
-                    assert scores == pytest.approx(want_scores, rel=1e-9)
+            _assert_same_results(library, single, query)
             where = {"path": f"{corpus}/[a-l]*"}  # filters apply on every shard before its top k
             ours, theirs = (search(lib, query, k=5, mode="dense", where=where) for lib in (library, single))
             (ids, scores), (want_ids, want_scores) = _view(ours), _view(theirs)
