@@ -195,7 +195,7 @@ class PQIndex(TombstoneIndex):
         ids = np.where(slots >= 0, self.slots.ids[np.maximum(slots, 0)], -1)
         return ids.astype(np.int64)
 
-    def memory_bytes(self) -> int:
+    def _memory_bytes(self) -> int:
         """Codes and id tables in RAM; the re-ranking vectors are memory-mapped, not counted."""
         code_bytes = self.code_bytes() * self.slots.size
         return int(code_bytes + self.slots.memory_bytes() + self.vectors.resident_bytes())
@@ -293,7 +293,7 @@ class IVFPQIndex(PQIndex):
     def _after_load(self) -> None:
         self.codes.nprobe = self.nprobe
 
-    def memory_bytes(self) -> int:
+    def _memory_bytes(self) -> int:
         """Codes + their ids in the inverted lists + coarse centroids + id tables."""
         n = self.slots.size
         centroids = 4 * self.dim * (self.nlist or 0)
