@@ -360,7 +360,7 @@ def _evaluate_store(store: EvalStore, dataset: BeirDataset, query_ids: list[str]
         index = backend_index(store, backend)
         for with_hyde, vectors, encode_seconds in variants:
             started = time.perf_counter()
-            dense = dense_rankings(index, vectors)
+            dense = [library.with_repeats(ranked, PASSAGE_DEPTH) for ranked in dense_rankings(index, vectors)]
             dense_seconds = time.perf_counter() - started + encode_seconds
             if "dense" in vector_modes:
                 metrics, curve = _score(dataset, query_ids, dense, store.passage_docs)
@@ -368,7 +368,7 @@ def _evaluate_store(store: EvalStore, dataset: BeirDataset, query_ids: list[str]
                                       curve, encoder_backend))
             if "hybrid" in vector_modes:
                 started = time.perf_counter()
-                fused = [fuse([[i for i, _ in d], [i for i, _ in k]]) for d, k in zip(dense, keyword)]
+                fused = [fuse([[i for i, _ in k], [i for i, _ in d]]) for d, k in zip(dense, keyword)]
                 seconds = dense_seconds + keyword_seconds + time.perf_counter() - started
                 metrics, curve = _score(dataset, query_ids, fused, store.passage_docs)
                 rows.append(ResultRow(backend, "hybrid", with_hyde, metrics, len(texts) / max(seconds, 1e-9), curve,

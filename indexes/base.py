@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from indexes.copies import Copies
 from indexes.checks import check_dim_metric, check_ids, check_k, check_remove_ids, check_vectors, normalize_rows
 from indexes.kernels import empty_result
 from indexes.locking import ReadWriteLock
@@ -56,8 +57,10 @@ class BaseIndex:
     """Shared behaviour: validation at the edge, the lock, cosine normalisation, save/manifest.
 
     Subclasses implement ``_add(ids, vectors)``, ``_search(queries, k)``, ``_remove(ids)``,
-    ``__len__``, ``_save_files(tmpdir)`` and ``_load_files(directory, manifest)``; vectors reach
-    them validated (and normalised for cosine).
+    ``_ids()``, ``_count()``, ``_stored(ids)``, ``_memory_bytes()``, ``_save_files(tmpdir)`` and
+    ``_load_files(directory, manifest)`` over their own structure; vectors reach them validated (and
+    normalised for cosine), and each distinct vector only once (indexes.copies: the other ids with
+    the same vector are copies this layer keeps, and searches return them next to their holder).
     """
 
     name = "base"
@@ -66,6 +69,7 @@ class BaseIndex:
         self.dim, self.metric = check_dim_metric(dim, metric)
         self.params = params
         self.lock = ReadWriteLock()
+        self.copies = Copies(self.dim)
 
     def _prepare(self, vectors: Any, what: str) -> np.ndarray:
         array = check_vectors(vectors, self.dim, what)
@@ -78,7 +82,10 @@ class BaseIndex:
         if not len(array):
             return
         with self.lock.writing():
-            self._add(id_array, array)
+            self._release(id_array)  # an id added before is replaced: it leaves its old vector first
+            keep = self.copies.admit(id_array, array)
+            if keep.any():
+                self._add(id_array[keep], array[keep])
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(nq, k) int64 ids and float32 similarities, best first; -1 / -inf where fewer than k."""
@@ -89,7 +96,10 @@ class BaseIndex:
         with self.lock.reading():
             if len(self) == 0:
                 return empty_result(len(array), k)
-            return self._search(array, k)
+            ids, scores = self._search(array, min(k, self._count()))
+            if ids.shape[1] < k or self.copies.copies:
+                return self.copies.expand(ids, scores, k)
+            return ids, scores
 
     def remove(self, ids: Any) -> None:
         """Remove ids; ids not present are ignored."""
@@ -97,12 +107,25 @@ class BaseIndex:
         if not len(id_array):
             return
         with self.lock.writing():
-            self._remove(id_array)
+            self._release(id_array)
+
+    def _release(self, ids: np.ndarray) -> None:
+        """Remove ids; a removed holder of copies is replaced in the structure by its first copy."""
+        live, stored = self._stored(ids)
+        drop, heirs, vectors = self.copies.release(ids, ids[live], stored)
+        if len(drop):
+            self._remove(drop)
+        if len(heirs):
+            self._add(heirs, vectors)
 
     def ids(self) -> np.ndarray:
         """The live ids, ascending: what the index holds, so its owner can compare it with the store."""
         with self.lock.reading():
-            return np.sort(np.asarray(self._ids(), dtype=np.int64))
+            return np.sort(np.concatenate([np.asarray(self._ids(), dtype=np.int64), self.copies.copy_ids()]))
+
+    def __len__(self) -> int:
+        """Live ids (copies of a vector included)."""
+        return self._count() + len(self.copies)
 
     search_param_names: tuple[str, ...] = ()  # what set_search_params accepts
 
@@ -119,7 +142,7 @@ class BaseIndex:
 
     def memory_bytes(self) -> int:
         """Bytes the index holds in RAM (memory-mapped vectors count only when resident)."""
-        raise NotImplementedError
+        return self._memory_bytes() + self.copies.memory_bytes()
 
     def raw_search(self, queries: np.ndarray, k: int) -> Callable[[], object] | None:
         """The wrapped library's own search over the same structure, without this layer's checks,
@@ -136,6 +159,7 @@ class BaseIndex:
         with self.lock.writing():
             with atomic_directory(directory) as tmp:
                 self._save_files(tmp)
+                self.copies.save(tmp)
                 write_manifest(tmp, self.manifest())
 
     @classmethod
@@ -145,6 +169,7 @@ class BaseIndex:
         except (TypeError, ValueError) as exc:
             raise IndexFileError(f"index manifest {Path(directory) / MANIFEST}: bad {cls.name} parameters: {exc}") from exc
         index._load_files(Path(directory), manifest)
+        index.copies = Copies.load(Path(directory), index.dim)
         if len(index) != manifest["count"]:
             raise IndexFileError(
                 f"index manifest {Path(directory) / MANIFEST} says {manifest['count']} vectors, "
@@ -177,7 +202,15 @@ class BaseIndex:
     def _load_files(self, directory: Path, manifest: dict) -> None:
         raise NotImplementedError
 
-    def __len__(self) -> int:
+    def _count(self) -> int:
+        """Vectors the structure holds (each distinct vector once)."""
+        raise NotImplementedError
+
+    def _stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which ids the structure holds, their vectors as stored): what a removal hands over."""
+        raise NotImplementedError
+
+    def _memory_bytes(self) -> int:
         raise NotImplementedError
 
 
@@ -198,5 +231,10 @@ class TombstoneIndex(BaseIndex):
     def _ids(self) -> np.ndarray:
         return self.slots.live_ids()
 
-    def __len__(self) -> int:
+    def _count(self) -> int:
         return self.slots.live
+
+    def _stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        slots = self.slots.slots_of(ids)
+        live = slots >= 0
+        return live, self.vectors.take(slots[live])

@@ -52,10 +52,20 @@ class FlatIndex(BaseIndex):
     def _ids(self) -> np.ndarray:
         return faiss.vector_to_array(self.index.id_map)
 
-    def __len__(self) -> int:
+    def _stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        live, rows = np.zeros(len(ids), dtype=bool), []
+        for n, label in enumerate(ids.tolist()):
+            try:
+                rows.append(self.index.reconstruct(label))
+            except RuntimeError:  # not held
+                continue
+            live[n] = True
+        return live, np.array(rows, dtype=np.float32).reshape(len(rows), self.dim)
+
+    def _count(self) -> int:
         return int(self.index.ntotal)
 
-    def memory_bytes(self) -> int:
+    def _memory_bytes(self) -> int:
         """Vectors plus id map, as held in RAM."""
         return int(self.index.ntotal) * (4 * self.dim + 8 + 16)
 

@@ -103,7 +103,7 @@ class HnswIndex(BaseIndex):
         self.index, self.deleted = graph, set()
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        live = len(self)
+        live = self._count()
         take = min(k, live)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), MISSING_SCORE, dtype=np.float32)
@@ -135,10 +135,22 @@ class HnswIndex(BaseIndex):
         labels = np.asarray(self.index.get_ids_list(), dtype=np.int64)
         return labels[~np.isin(labels, np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted)))]
 
-    def __len__(self) -> int:
+    def _stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        live, rows = np.zeros(len(ids), dtype=bool), []
+        for n, label in enumerate(ids.tolist()):
+            if label in self.deleted:
+                continue
+            try:
+                rows.append(np.asarray(self.index.get_items([label]), dtype=np.float32)[0])
+            except RuntimeError:  # not in the graph
+                continue
+            live[n] = True
+        return live, np.array(rows, dtype=np.float32).reshape(len(rows), self.dim)
+
+    def _count(self) -> int:
         return self.index.get_current_count() - len(self.deleted)
 
-    def memory_bytes(self) -> int:
+    def _memory_bytes(self) -> int:
         """hnswlib's layout: vector + 2M level-0 links + label per node, upper levels for about
         1/(M-1) of nodes, a level pointer, and its label hash map (about 40 bytes a node)."""
         n = self.index.get_current_count()

@@ -161,7 +161,7 @@ class KDTreeIndex(TombstoneIndex):
         ids = np.where(top_slots >= 0, self.slots.ids[np.maximum(top_slots, 0)], -1)
         return ids.astype(np.int64), top_scores
 
-    def memory_bytes(self) -> int:
+    def _memory_bytes(self) -> int:
         """Full vectors, the reduced float64 copy the tree holds, its nodes (about one per
         leafsize/2 points), and the id tables."""
         n_tree = self.built_upto

@@ -241,7 +241,7 @@ class LSHIndex(TombstoneIndex):
         ids = np.where(top_slots >= 0, self.slots.ids[np.maximum(top_slots, 0)], -1)
         return ids.astype(np.int64), top_scores
 
-    def memory_bytes(self) -> int:
+    def _memory_bytes(self) -> int:
         """Full vectors for re-ranking, sketches, sorted (key, slot) tables, offsets, id tables."""
         offsets = self.offsets.nbytes if self.offsets is not None else 0
         return int(self.vectors.resident_bytes() + self.sketch.nbytes + self.sorted_keys.nbytes

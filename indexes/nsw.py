@@ -115,7 +115,14 @@ class NswIndex(TombstoneIndex):
         ids = np.where(labels >= 0, self.slots.ids[np.maximum(labels, 0)], -1)
         return ids.astype(np.int64), similarities(distances, labels, self.metric)
 
-    def memory_bytes(self) -> int:
+    def _stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The graph keeps the vectors: read back what a removal hands to a copy."""
+        slots = self.slots.slots_of(ids)
+        live = slots >= 0
+        rows = self.graph.reconstruct_batch(slots[live]) if live.any() else np.empty((0, self.dim), np.float32)
+        return live, np.asarray(rows, dtype=np.float32).reshape(-1, self.dim)
+
+    def _memory_bytes(self) -> int:
         """faiss's layout: per node the vector, 2M int32 level-0 links, an offset and a level; plus
         the id tables."""
         per_node = 4 * self.dim + 4 * 2 * self.M + 8 + 4

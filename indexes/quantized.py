@@ -218,7 +218,7 @@ class QuantizedIndex(TombstoneIndex):
         ids = np.where(slots >= 0, self.slots.ids[np.maximum(slots, 0)], -1)
         return ids.astype(np.int64)
 
-    def memory_bytes(self) -> int:
+    def _memory_bytes(self) -> int:
         """Codes (plus their ids in the inverted lists and the coarse centroids) and id tables in
         RAM; the re-ranking vectors are memory-mapped, not counted."""
         per_code = self.code_bytes() + (8 if self.ivf else 0)

@@ -12,7 +12,7 @@ from typing import Iterator
 
 from indexes.checks import METRICS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: copies.npz (indexes.copies) beside the backend files
 MANIFEST = "manifest.json"
 
 

@@ -194,6 +194,11 @@ class _ChunkOnly:
     def has_content(self, *_args, **_kwargs) -> bool:
         return False
 
+    def vectors_of_texts(self, _hashes) -> dict:
+        """Nothing stored here: each distinct text of a batch is encoded once (the shard's store
+        then keeps one vector per text, Store._insert)."""
+        return {}
+
 
 class EncoderActor:
     """One encoder model per actor: reads, parses and chunks a batch of sources, then encodes them."""
@@ -259,13 +264,9 @@ class EncoderActor:
             else:
                 pending.append(prepared)
         started = time.perf_counter()
-        vectors = ingester._encode([t for p in pending for t in p.texts])
+        ingester.assign_vectors(pending)
         seconds = time.perf_counter() - started
-        at = 0
         for item in pending:
-            for doc in item.docs:
-                doc.vectors = vectors[at: at + len(doc.spans)]
-                at += len(doc.spans)
             key = item.source.key
             out.append(("source", shard_of(key, len(self.shards)), key, item.source.hash, item.docs))
         return out, seconds

@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ from rag.errors import RagError
 from rag.loaders import LOADERS, LoadError, LoadOptions, load_bytes
 from rag.locations import locate
 from rag.records import SourceDocument
-from rag.store import NewDocument
+from rag.store import NewDocument, passage_hash
 
 # Passages gathered before one encode call: large enough for length-sorted batching to pay off.
 ENCODE_BATCH = 2048
@@ -87,10 +88,43 @@ class _Pending:
     source: Source
     docs: list[NewDocument]
     texts: list[str]  # encoder inputs, one per passage, in doc order
+    hashes: list[str] = field(default_factory=list)  # rag.store.passage_hash of each, in the same order
 
 
 def content_hash(title: str, text: str) -> str:
     return hashlib.sha256(f"{title}\x00{text}".encode("utf-8")).hexdigest()
+
+
+# --- text with nothing to search ---------------------------------------------------------------
+
+_TOKEN = re.compile(r"\w+")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # control characters other than whitespace
+NOISE_SHARE = 0.05  # more control characters than this share: binary data that decoded as text
+MIN_VOCABULARY = 10  # fewer distinct words than this, repeated 100 times over: nothing to read either
+
+
+def is_word(token: str) -> bool:
+    """A run of letters or digits that could be a word: not underscores alone, not one character
+    repeated (``xxxx``), not a long run of a few characters (``abababab...``)."""
+    if not token.strip("_"):
+        return False
+    if len(token) > 3 and token.count(token[0]) == len(token):
+        return False
+    return len(token) <= 40 or len(set(token)) >= 5
+
+
+def why_wordless(text: str) -> str | None:
+    """Why ``text`` holds nothing to search (None when it holds words): such text would only add
+    passages that all look alike, so it is skipped and never indexed."""
+    if len(_CONTROL.findall(text)) > NOISE_SHARE * len(text):
+        return "no words: control characters throughout (binary data read as text)"
+    words = [w.lower() for w in _TOKEN.findall(text) if is_word(w)]
+    if not words:
+        return "no words: only symbols, spaces or one character repeated"
+    vocabulary = len(set(words))
+    if vocabulary < MIN_VOCABULARY and vocabulary < 0.01 * len(words):
+        return f"no words: {vocabulary} distinct word(s) repeated {len(words):,} times"
+    return None
 
 
 def text_window(encoder) -> int:
@@ -219,7 +253,7 @@ class _Ingester:
     def prepare(self, source: Source) -> _Pending | tuple[str, str]:
         """Chunk a source's documents into encoder inputs (runs ahead on the reader thread); a source
         over ``max_passages`` is a failure (path, reason) instead."""
-        docs, texts = [], []
+        docs, texts, hashes = [], [], []
         for doc in source.docs:
             digest = content_hash(doc.title, doc.text)
             new = NewDocument(path=doc.uri, title=doc.title, text=doc.text, content_hash=digest, spans=[],
@@ -230,15 +264,21 @@ class _Ingester:
             if not self.library.has_content(digest, self.collection, exclude_source=source.key):
                 prefix, prefix_tokens = self._title_prefix(doc.title)
                 budget = min(self.chunk_tokens, self.window - prefix_tokens)
-                new.spans = cap_spans(doc.text, Chunker(self.tokenizer, budget, min(self.overlap, budget // 2))
-                                      .chunk(doc.text, doc.page_starts))
+                spans = cap_spans(doc.text, Chunker(self.tokenizer, budget, min(self.overlap, budget // 2))
+                                  .chunk(doc.text, doc.page_starts))
+                # a run of one character (or of symbols) inside a real document is no passage either
+                new.spans = [(a, b) for a, b in spans if why_wordless(doc.text[a:b]) is None]
+                if not new.spans:
+                    return (source.key, "no words: not one passage holds a word"
+                                        + (f" ({doc.uri})" if doc.uri != source.key else ""))
                 new.locations = locate(new.spans, doc.page_starts, doc.headings)
                 texts += [encoder_input(prefix, doc.text[a:b]) for a, b in new.spans]
+                hashes += [passage_hash(doc.title, doc.text[a:b]) for a, b in new.spans]
             docs.append(new)
             if self.max_passages is not None and len(texts) > self.max_passages:
                 return (source.key, f"too many passages: more than {self.max_passages} in one file "
                                     f"(the limit per upload is {self.max_passages})")
-        return _Pending(source, docs, texts)
+        return _Pending(source, docs, texts, hashes)
 
     def add(self, item: _Pending) -> None:
         """Queue a prepared source; encode when enough passages are waiting."""
@@ -255,15 +295,10 @@ class _Ingester:
         """Encode every waiting passage at once, then commit source by source."""
         if not self.pending:
             return
-        texts = [t for p in self.pending for t in p.texts]
         started = time.perf_counter()
-        vectors = self._encode(texts)
+        self.assign_vectors(self.pending)
         self.report.encode_seconds += time.perf_counter() - started
-        at = 0
         for item in self.pending:
-            for doc in item.docs:
-                doc.vectors = vectors[at: at + len(doc.spans)]
-                at += len(doc.spans)
             result = self.library.write_source(item.source.key, item.source.hash, item.docs)
             if result.replaced:
                 self.report.updated += 1
@@ -273,6 +308,25 @@ class _Ingester:
             self.report.passages += len(result.added_ids)
         self.pending, self.pending_passages = [], 0
         self.threshold = min(self.threshold * 2, self.encode_batch)
+
+    def assign_vectors(self, pending: list[_Pending]) -> None:
+        """Give every prepared document its passages' vectors, encoding each distinct text once: a
+        text the store already holds reuses its stored vector, a text repeated in the batch is
+        encoded for its first passage only (rag.store.passage_hash says which texts are the same)."""
+        inputs: dict[str, str] = {}
+        for item in pending:
+            inputs.update((h, t) for h, t in zip(item.hashes, item.texts) if h not in inputs)
+        vectors = self.library.vectors_of_texts(list(inputs))
+        todo = [h for h in inputs if h not in vectors]
+        vectors.update(zip(todo, self._encode([inputs[h] for h in todo])))
+        if self.bar is not None:
+            self.bar.update(sum(len(item.texts) for item in pending) - len(todo))
+        for item in pending:
+            at = 0
+            for doc in item.docs:
+                rows = [vectors[h] for h in item.hashes[at: at + len(doc.spans)]]
+                doc.vectors = np.stack(rows) if rows else np.zeros((0, self.encoder.dim), dtype=np.float32)
+                at += len(doc.spans)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         """Encode in length-sorted slices so the progress bar moves; same work as one big call."""
@@ -385,6 +439,8 @@ def record_source(doc: SourceDocument) -> Source | tuple[str, str]:
     """An in-memory record as one source keyed by its uri, or (uri, reason) when it holds no text."""
     if not doc.text or not doc.text.strip():
         return (doc.uri, "empty: no text")
+    if (reason := why_wordless(doc.text)) is not None:
+        return (doc.uri, reason)
     size = len(doc.text.encode("utf-8"))
     return Source(key=doc.uri, hash=content_hash(doc.title, doc.text), docs=[doc], size=size, mtime=doc.mtime)
 
@@ -453,7 +509,14 @@ def _parse(path: str, data: bytes, source: Source, options: LoadOptions, fmt: st
     if not docs:
         yield (path, "empty: no text found")
         return
-    source.docs = docs
+    reasons = [why_wordless(d.text) for d in docs]
+    if all(reasons):
+        yield (path, reasons[0] if len(docs) == 1 else f"{reasons[0]} (every record)")
+        return
+    for doc, reason in zip(docs, reasons):  # one record of a file with nothing to search in it
+        if reason:
+            yield (doc.uri, reason)
+    source.docs = [d for d, reason in zip(docs, reasons) if not reason]
     yield source
 
 

@@ -207,6 +207,14 @@ class Library:
     def candidate_ids(self, where: dict[str, str] | None) -> np.ndarray:
         return self._store.candidate_ids(where)
 
+    def with_repeats(self, ranked: list[tuple[int, float]], n: int, allowed=None) -> list[tuple[int, float]]:
+        """A dense top n with every passage that holds a ranked passage's text, equal scores in a stable order."""
+        return self._store.with_repeats(ranked, n, allowed)
+
+    def vectors_of_texts(self, hashes) -> dict[str, np.ndarray]:
+        """Stored vectors by text hash (rag.store.passage_hash): what ingestion need not encode again."""
+        return self._store.vectors_of_texts(hashes)
+
     def source_state(self, source: str) -> tuple[str, str] | None:
         return self._store.source_state(source)
 

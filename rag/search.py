@@ -24,12 +24,18 @@ HYBRID_DEPTH = 100  # how deep each ranking goes before fusion
 
 
 def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: ids ranked by sum of 1/(k + rank), rank 1-based; ties keep first-seen order."""
+    """Reciprocal rank fusion: ids ranked by sum of 1/(k + rank), rank 1-based.
+
+    Equal sums go to the id with the better single rank (its best rank in any one ranking), then to
+    the id whose best rank is in the earlier ranking; no two ids can tie on both, so the order never
+    depends on the order ids were stored or met. (search() passes the keyword ranking first.)"""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    best: dict[int, tuple[int, int]] = {}  # id -> (best rank, which ranking gave it)
+    for which, ranking in enumerate(rankings):
         for rank, item in enumerate(ranking, 1):
             scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda pair: -pair[1])
+            best[item] = min(best.get(item, (rank, which)), (rank, which))
+    return sorted(scores.items(), key=lambda pair: (-pair[1], best[pair[0]]))
 
 
 def _query_vector(library, query: str, query_vector) -> np.ndarray:
@@ -48,24 +54,26 @@ def dense_ranking(library, query: str, n: int, where: dict | None = None, query_
 
 
 def vector_ranking(library, vector: np.ndarray, n: int, where: dict | None = None) -> list[tuple[int, float]]:
-    """Top n (passage id, cosine similarity) of one library for a query vector (dim,): Library.dense_search."""
+    """Top n (passage id, cosine similarity) of one library for a query vector (dim,): Library.dense_search.
+    Passages holding the same text share one vector and score; equal scores go in order of document
+    path, then place in the document (Store.with_repeats)."""
     if library.passage_count() == 0:
         return []
     if where:
         candidates = library.candidate_ids(where)
         if len(candidates) == 0:
             return []
-        if len(candidates) <= EXACT_LIMIT:
-            return _exact(library, vector, candidates, n)
         allowed = set(candidates.tolist())
+        if len(candidates) <= EXACT_LIMIT:
+            return library.with_repeats(_exact(library, vector, candidates, n), n, allowed)
         total = len(library.index)
         fetch = min(total, n * math.ceil(2 * total / len(candidates)))
         while True:
             found = [(i, s) for i, s in _index_search(library, vector, fetch) if i in allowed]
             if len(found) >= n or fetch >= total:
-                return found[:n]
+                return library.with_repeats(found, n, allowed)
             fetch = min(total, fetch * 2)
-    return _index_search(library, vector, n)
+    return library.with_repeats(_index_search(library, vector, n), n)
 
 
 def _index_search(library, vector: np.ndarray, n: int) -> list[tuple[int, float]]:
@@ -105,7 +113,8 @@ def search(library, query: str, k: int = 10, mode: str = "dense", where: dict[st
         depth = max(k, HYBRID_DEPTH)
         dense = dense_ranking(library, query, depth, where, query_vector)
         keyword = keyword_ranking(library, query, depth, where)
-        ranked = fuse([[i for i, _ in dense], [i for i, _ in keyword]], RRF_K)
+        # keyword first: a tie left after the best single rank goes to the exact word match
+        ranked = fuse([[i for i, _ in keyword], [i for i, _ in dense]], RRF_K)
     return hits_for(library, ranked, k)
 
 

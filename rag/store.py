@@ -4,10 +4,20 @@ The database is the source of truth. Each source (a file, or one in-memory recor
 single transaction - documents, passages, embeddings and FTS rows together - so a crash leaves the
 old state or the new one. Passage ids come from AUTOINCREMENT and are never reused, which lets the
 vector index catch up by "every passage id above the last one I saw" (see rag.library).
+
+Repeated passages (licence headers, footers, boilerplate, or one file's run of identical chunks) keep
+a row each, so every document keeps its passages, pages and citations; what repeats is recognised by
+``text_hash`` (the encoder's input: title and text, whitespace folded). Every passage with the same
+hash holds the same vector, the one first stored for it, so the text is encoded once (rag.ingest asks
+for it before encoding) and the vector index stores it once (indexes.copies) while search still
+returns each passage that holds it. Rankings order equal scores by the passage's document path, then
+its place in the document, never by the order writes landed in.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -58,7 +68,8 @@ CREATE TABLE IF NOT EXISTS passages (
     "end" INTEGER NOT NULL,
     page INTEGER,
     last_page INTEGER,
-    heading TEXT
+    heading TEXT,
+    text_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS passages_document ON passages(document_id, ord);
 CREATE TABLE IF NOT EXISTS embeddings (passage_id INTEGER PRIMARY KEY, vector BLOB NOT NULL);
@@ -72,7 +83,10 @@ _ADDED_COLUMNS = [
     ("passages", "page", "INTEGER"),
     ("passages", "last_page", "INTEGER"),
     ("passages", "heading", "TEXT"),
+    ("passages", "text_hash", "TEXT"),  # passage_hash(title, text): what the encoder reads
 ]
+# Made after the columns they index exist (a store from before text_hash gets the column first).
+_LATE_INDEXES = "CREATE INDEX IF NOT EXISTS passages_text ON passages(text_hash);"
 
 _DOC_COLUMNS = "id, path, title, collection, content_hash, size, mtime, metadata, ingested_at"
 _PASSAGE_COLUMNS = 'id, document_id, ord, text, start, "end", page, last_page, heading'
@@ -107,6 +121,13 @@ class WriteResult:
     duplicates: int = 0  # documents stored as a duplicate of existing content
     generation: int = 0  # the store generation this write made
     previous: int = 0  # the generation just before it (another process may have written since we looked)
+
+
+def passage_hash(title: str, text: str) -> str:
+    """What identifies a passage's vector: the encoder reads the title and the text (rag.ingest's
+    encoder_input), and whitespace runs tokenize alike, so they are folded to one space."""
+    folded = f"{' '.join(title.split())}\n{' '.join(text.split())}"
+    return hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _now() -> str:
@@ -177,6 +198,7 @@ class Store:
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.executescript(_SCHEMA)
             self._upgrade()
+            self.conn.executescript(_LATE_INDEXES)
         except sqlite3.DatabaseError as exc:
             raise RagError(f"cannot open the store {self.path}: {exc}") from exc
         self.db = sqlite_utils.Database(self.conn)
@@ -188,14 +210,20 @@ class Store:
             self.conn.close()
 
     def _upgrade(self) -> None:
-        """Add the columns a store made by an older version lacks (in one transaction, so two
-        processes opening the same old file at once do not both try). Stored PDFs are marked
-        changed then, so the next `rag ingest` of them reads their pages (old passages have none)."""
+        """Bring a store made by an older version up to date in place, in one transaction (so two
+        processes opening the same old file at once do not both try): add the columns it lacks
+        (stored PDFs are then marked changed, so the next `rag ingest` of them reads their pages:
+        old passages have none), and give every passage its text hash, with one vector per repeated
+        text. A saved vector index from before this is rebuilt on open (indexes.storage format 2)."""
         def missing() -> list[tuple[str, str, str]]:
             have = {t: {r[1] for r in self.conn.execute(f"PRAGMA table_info({t})")} for t in ("documents", "passages")}
             return [(t, c, kind) for t, c, kind in _ADDED_COLUMNS if c not in have[t]]
 
-        if not missing():
+        def unhashed() -> bool:
+            return any(c == "text_hash" for _, c, _ in missing()) or self.conn.execute(
+                "SELECT 1 FROM passages WHERE text_hash IS NULL LIMIT 1").fetchone() is not None
+
+        if not missing() and not unhashed():
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -204,10 +232,34 @@ class Store:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             if ("passages", "page", "INTEGER") in added:
                 self.conn.execute("UPDATE documents SET source_hash = '' WHERE lower(source) LIKE '%.pdf'")
+            self.conn.execute(_LATE_INDEXES)
+            if unhashed():
+                self._hash_passages()
+                self._bump()
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def _hash_passages(self, batch: int = 5000) -> None:
+        """Inside the upgrade: hash every passage that has no hash yet, then give every holder of a
+        repeated text the vector of its first holder (an older store may hold slightly different
+        vectors for one text, encoded in different batches)."""
+        after = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT p.id, d.title, p.text FROM passages p JOIN documents d ON d.id = p.document_id "
+                "WHERE p.id > ? AND p.text_hash IS NULL ORDER BY p.id LIMIT ?", (after, batch)).fetchall()
+            if not rows:
+                break
+            self.conn.executemany("UPDATE passages SET text_hash = ? WHERE id = ?",
+                                  [(passage_hash(r[1] or "", r[2]), r[0]) for r in rows])
+            after = rows[-1][0]
+        self.conn.execute(
+            "UPDATE embeddings SET vector = (SELECT e.vector FROM passages h JOIN embeddings e ON e.passage_id = h.id "
+            "WHERE h.text_hash = (SELECT text_hash FROM passages WHERE id = embeddings.passage_id) ORDER BY h.id LIMIT 1) "
+            "WHERE passage_id IN (SELECT id FROM passages WHERE text_hash IN "
+            "(SELECT text_hash FROM passages GROUP BY text_hash HAVING COUNT(*) > 1))")
 
     # --- meta: encoder, backend, generation -------------------------------------------------
 
@@ -417,25 +469,56 @@ class Store:
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def keyword_search(self, query: str, k: int, where: dict[str, str] | None = None) -> list[tuple[int, float]]:
-        """BM25 over title + passage text (FTS5 bm25(), sign flipped so higher is better)."""
+        """BM25 over title + passage text (FTS5 bm25(), sign flipped so higher is better); equal
+        scores in order of document path, then place in the document."""
         match = keyword_query(query)
         if not match:
             return []
         clause, params = where_sql(where)
-        if where:
-            sql = ("SELECT f.rowid, -bm25(passages_fts) AS score FROM passages_fts f "
-                   "JOIN passages p ON p.id = f.rowid JOIN documents d ON d.id = p.document_id "
-                   f"WHERE passages_fts MATCH ? AND {clause} ORDER BY score DESC LIMIT ?")
-        else:
-            sql = ("SELECT rowid, -bm25(passages_fts) AS score FROM passages_fts "
-                   "WHERE passages_fts MATCH ? ORDER BY score DESC LIMIT ?")
-            params = []
+        sql = ("SELECT f.rowid, -bm25(passages_fts) AS score FROM passages_fts f "
+               "JOIN passages p ON p.id = f.rowid JOIN documents d ON d.id = p.document_id "
+               f"WHERE passages_fts MATCH ? AND {clause} ORDER BY score DESC, d.path, p.ord LIMIT ?")
         with self.lock:
             try:
                 rows = self.conn.execute(sql, [match, *params, int(k)]).fetchall()
             except sqlite3.OperationalError as exc:
                 raise RagError(f"keyword search failed for {query!r}: {exc}") from exc
         return [(int(r[0]), float(r[1])) for r in rows]
+
+    def with_repeats(self, ranked: list[tuple[int, float]], n: int, allowed=None) -> list[tuple[int, float]]:
+        """The top n of a dense ranking, each passage joined by every passage holding the same text
+        (the same vector, so the same score), equal scores in order of document path, then place in
+        the document: what the ranking is, whichever of a text's passages the index met first.
+        ``allowed``: the passage ids a filter lets through (None: all)."""
+        if not ranked:
+            return []
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT p.id, p.text_hash, d.path, p.ord FROM passages p JOIN documents d ON d.id = p.document_id "
+                "WHERE p.text_hash IN (SELECT text_hash FROM passages WHERE id IN (SELECT value FROM json_each(?)))",
+                (json.dumps([int(i) for i, _ in ranked]),)).fetchall()
+        text_of = {r[0]: r[1] for r in rows}
+        score_of: dict[str, float] = {}
+        for pid, score in ranked:
+            if pid in text_of:
+                score_of[text_of[pid]] = max(score, score_of.get(text_of[pid], -math.inf))
+        hits = [(r[0], score_of[r[1]], r[2], r[3]) for r in rows
+                if r[1] in score_of and (allowed is None or r[0] in allowed)]
+        hits.sort(key=lambda hit: (-hit[1], hit[2], hit[3]))
+        return [(pid, score) for pid, score, _, _ in hits[:n]]
+
+    def vectors_of_texts(self, hashes) -> dict[str, np.ndarray]:
+        """The stored vector of each text hash the store holds (rag.ingest encodes only the others)."""
+        hashes = list(dict.fromkeys(hashes))
+        found: dict[str, np.ndarray] = {}
+        with self.lock:
+            for start in range(0, len(hashes), 500):
+                for digest, vector in self.conn.execute(
+                        "SELECT p.text_hash, e.vector FROM passages p JOIN embeddings e ON e.passage_id = p.id "
+                        "WHERE p.text_hash IN (SELECT value FROM json_each(?)) GROUP BY p.text_hash",
+                        (json.dumps(hashes[start:start + 500]),)):
+                    found[digest] = np.frombuffer(vector, dtype=np.float32)
+        return found
 
     def keyword_evidence(self, query: str, n: int, where: dict[str, str] | None = None):
         """This store's top n by BM25 with what a global rescoring needs (rag.bm25: keyword search over shards)."""
@@ -477,11 +560,11 @@ class Store:
                     removed += self._remove(doc_id)
                 added, vectors, duplicates = [], [], 0
                 for doc in docs:
-                    ids, dup = self._insert(source, source_hash, doc)
+                    ids, stored, dup = self._insert(source, source_hash, doc)
                     added += ids
                     duplicates += dup
                     if ids:
-                        vectors.append(doc.vectors)
+                        vectors.append(stored)
                 previous, generation = self._bump()
                 self.conn.execute("COMMIT")
             except BaseException:
@@ -494,53 +577,74 @@ class Store:
             removed_ids=np.asarray(removed, dtype=np.int64), replaced=bool(old), duplicates=duplicates,
             generation=generation, previous=previous)
 
-    def _insert(self, source: str, source_hash: str, doc: NewDocument) -> tuple[list[int], int]:
+    def _insert(self, source: str, source_hash: str, doc: NewDocument) -> tuple[list[int], np.ndarray, int]:
+        """(new passage ids, the vectors stored for them, 1 if the document is a duplicate else 0).
+        A passage whose text the store already holds gets that text's stored vector, not the given one."""
         original = self.conn.execute(
-            "SELECT id FROM documents WHERE content_hash = ? AND collection = ? AND duplicate_of IS NULL "
+            "SELECT id, path FROM documents WHERE content_hash = ? AND collection = ? AND duplicate_of IS NULL "
             "AND path != ? LIMIT 1", (doc.content_hash, doc.collection, doc.path)).fetchone()
+        # identical documents share the passages of the one with the first path, whichever came first
+        takes_over = original is not None and doc.path < original["path"]
         cur = self.conn.execute(
             "INSERT INTO documents (path, source, source_hash, title, collection, content_hash, size, mtime, "
             "metadata, ingested_at, text, duplicate_of, page_starts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (doc.path, source, source_hash, doc.title, doc.collection, doc.content_hash, doc.size, doc.mtime,
-             json.dumps(doc.metadata, default=str), _now(), None if original else doc.text,
-             original[0] if original else None,
-             json.dumps(doc.page_starts) if doc.page_starts and not original else None))
+             json.dumps(doc.metadata, default=str), _now(), doc.text if not original or takes_over else None,
+             original[0] if original and not takes_over else None,
+             json.dumps(doc.page_starts) if doc.page_starts and (not original or takes_over) else None))
+        if takes_over:
+            self._hand_over(original[0], cur.lastrowid)
         if original:
-            return [], 1
+            return [], np.zeros((0, doc.vectors.shape[1]), dtype=np.float32), 1
         doc_id = cur.lastrowid
-        ids = []
+        ids, stored = [], []
         if doc.locations and len(doc.locations) != len(doc.spans):
             raise RagError(f"{doc.path}: {len(doc.locations)} passage locations for {len(doc.spans)} passages")
         locations = doc.locations or [Location()] * len(doc.spans)
+        known: dict[str, bytes] = {}
         for order, ((start, end), vector, place) in enumerate(zip(doc.spans, doc.vectors, locations)):
             text = doc.text[start:end]
+            digest = passage_hash(doc.title, text)
+            if digest not in known:
+                row = self.conn.execute("SELECT e.vector FROM passages p JOIN embeddings e ON e.passage_id = p.id "
+                                        "WHERE p.text_hash = ? LIMIT 1", (digest,)).fetchone()
+                known[digest] = row[0] if row else np.asarray(vector, dtype=np.float32).tobytes()
             pid = self.conn.execute(
-                'INSERT INTO passages (document_id, ord, text, start, "end", page, last_page, heading) '
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (doc_id, order, text, start, end, place.page, place.last_page, place.heading)).lastrowid
-            self.conn.execute("INSERT INTO embeddings (passage_id, vector) VALUES (?, ?)",
-                              (pid, np.asarray(vector, dtype=np.float32).tobytes()))
+                'INSERT INTO passages (document_id, ord, text, start, "end", page, last_page, heading, text_hash) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, order, text, start, end, place.page, place.last_page, place.heading, digest)).lastrowid
+            self.conn.execute("INSERT INTO embeddings (passage_id, vector) VALUES (?, ?)", (pid, known[digest]))
             self.conn.execute("INSERT INTO passages_fts (rowid, title, body) VALUES (?, ?, ?)", (pid, doc.title, text))
             ids.append(pid)
-        return ids, 0
+            stored.append(known[digest])
+        vectors = np.frombuffer(b"".join(stored), dtype=np.float32).reshape(len(stored), -1) if stored else \
+            np.zeros((0, doc.vectors.shape[1]), dtype=np.float32)
+        return ids, vectors, 0
+
+    def _hand_over(self, old: int, new: int) -> None:
+        """Inside a transaction: ``new`` (a document with the same content) becomes the one that holds
+        the passages, text and pages ``old`` held; ``old`` and every other duplicate point to it."""
+        row = self.conn.execute("SELECT text, page_starts FROM documents WHERE id = ?", (old,)).fetchone()
+        title = self.conn.execute("SELECT title FROM documents WHERE id = ?", (new,)).fetchone()[0]
+        self.conn.execute("UPDATE documents SET duplicate_of = NULL, text = ?, page_starts = ? WHERE id = ?",
+                          (row["text"], row["page_starts"], new))
+        self.conn.execute("UPDATE documents SET duplicate_of = ? WHERE duplicate_of = ? AND id != ?", (new, old, new))
+        self.conn.execute("UPDATE documents SET duplicate_of = ?, text = NULL, page_starts = NULL WHERE id = ?",
+                          (new, old))
+        self.conn.execute("UPDATE passages SET document_id = ? WHERE document_id = ?", (new, old))
+        self.conn.execute("UPDATE passages_fts SET title = ? WHERE rowid IN "
+                          "(SELECT id FROM passages WHERE document_id = ?)", (title, new))
 
     def _remove(self, doc_id: int) -> list[int]:
-        """Delete one document inside the open transaction; its duplicates inherit its passages."""
-        row = self.conn.execute("SELECT text, duplicate_of, page_starts FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        """Delete one document inside the open transaction; its first duplicate by path inherits its passages."""
+        row = self.conn.execute("SELECT duplicate_of FROM documents WHERE id = ?", (doc_id,)).fetchone()
         if row is None:
             return []
-        heirs = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE duplicate_of = ? ORDER BY id",
-                                                 (doc_id,))]
+        heir = self.conn.execute("SELECT id FROM documents WHERE duplicate_of = ? ORDER BY path LIMIT 1",
+                                 (doc_id,)).fetchone()
         removed: list[int] = []
-        if row["duplicate_of"] is None and heirs:
-            heir = heirs[0]
-            title = self.conn.execute("SELECT title FROM documents WHERE id = ?", (heir,)).fetchone()[0]
-            self.conn.execute("UPDATE documents SET duplicate_of = NULL, text = ?, page_starts = ? WHERE id = ?",
-                              (row["text"], row["page_starts"], heir))
-            self.conn.execute("UPDATE documents SET duplicate_of = ? WHERE duplicate_of = ?", (heir, doc_id))
-            self.conn.execute("UPDATE passages SET document_id = ? WHERE document_id = ?", (heir, doc_id))
-            self.conn.execute("UPDATE passages_fts SET title = ? WHERE rowid IN "
-                              "(SELECT id FROM passages WHERE document_id = ?)", (title, heir))
+        if row["duplicate_of"] is None and heir:
+            self._hand_over(doc_id, heir[0])
         elif row["duplicate_of"] is None:
             removed = [r[0] for r in self.conn.execute("SELECT id FROM passages WHERE document_id = ?", (doc_id,))]
             for chunk in range(0, len(removed), 500):

@@ -265,6 +265,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
             scheduler.load_state_dict(state["scheduler"])
             step, result.losses, result.validation = state["step"], state["losses"], state["validation"]
             result.resumed_from = step
+            started -= state.get("seconds", 0.0)  # the wall time counts every run that led here
             say(f"resuming from the checkpoint at step {step:,} of {total:,}")
         else:
             say("a checkpoint of another recipe or data is here: starting afresh")
@@ -277,7 +278,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
         temporary = checkpoint / "state.pt.tmp"
         torch.save({"fingerprint": fingerprint, "step": step, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "losses": result.losses,
-                    "validation": result.validation}, temporary)
+                    "validation": result.validation, "seconds": time.perf_counter() - started}, temporary)
         os.replace(temporary, checkpoint / "state.pt")
 
     progress_bar = None

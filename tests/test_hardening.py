@@ -114,12 +114,13 @@ def test_upload_limits_are_named_in_the_error(app):
 # --- passages and loaders ----------------------------------------------------------------------------
 
 def test_a_huge_single_word_never_becomes_one_huge_passage(tmp_path, encoder):
-    word = "x" * 5_000_000
+    word = "kestrel0123" * 450_000  # 5 MB without a space (a run of one letter is no word: test_repeats)
     (tmp_path / "word.txt").write_text(f"Start\n\n{word}\n\nend of the file", encoding="utf-8")
     with open_library(tmp_path / "data", encoder=encoder, backend="flat") as library:
         report = ingest_paths(library, [str(tmp_path / "word.txt")], encode_batch=4096)
         assert report.failed == 0
-        ingest_documents(library, [SourceDocument(uri="field", title="t" * 1_000_000, text="y" * 1_000_000)])
+        ingest_documents(library, [SourceDocument(uri="field", title="t" * 1_000_000, text="voles4567" * 110_000)])
+        assert len(library.documents()) == 2
         for doc in library.documents():
             passages = library.passages_of(doc.id)
             assert max(len(p.text) for p in passages) <= MAX_PASSAGE_CHARS

@@ -9,7 +9,7 @@ import pytest
 
 from eval.corpora import real_passages
 from indexes import available_backends, create_index, load_index
-from indexes.storage import IndexFileError
+from indexes.storage import FORMAT_VERSION, IndexFileError
 
 BACKENDS = available_backends()
 # recall@10 against exact search with default parameters (hnsw, nsw >= 0.95, sq >= 0.98, others >= 0.85)
@@ -93,7 +93,7 @@ def test_save_load_gives_same_results(built, corpus, tmp_path):
     index.save(tmp_path / "index")
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert manifest["backend"] == name and manifest["dim"] == 384 and manifest["count"] == N_BASE
-    assert manifest["metric"] == "cosine" and manifest["format_version"] == 1
+    assert manifest["metric"] == "cosine" and manifest["format_version"] == FORMAT_VERSION
     loaded = load_index(tmp_path / "index")
     assert type(loaded) is type(index) and len(loaded) == N_BASE
     after_ids, after_scores = loaded.search(corpus["queries"], 10)
@@ -453,7 +453,7 @@ def test_scalar_quantization_codes_and_rerank(bits, code_bytes, rerank_floor, co
     index = build("sq", corpus, bits=bits)
     assert index.is_trained and index.code_bytes() == code_bytes
     assert isinstance(index.vectors._data, np.memmap)  # re-ranking reads a memory-mapped file
-    assert code_bytes * N_BASE < index.memory_bytes() <= (code_bytes + 48) * N_BASE
+    assert code_bytes * N_BASE < index.memory_bytes() <= (code_bytes + 48 + 24) * N_BASE  # + the copies digest table
     reranked, _ = index.search(corpus["queries"], 10)
     assert recall(reranked, corpus["truth"]) >= rerank_floor
     index.set_search_params(rerank=0)
@@ -538,3 +538,62 @@ def test_ann_benchmark_runs_nsw_and_every_sq_variant(corpus):
             "sq 8-bit codes without re-rank (rerank=0) recall@10 >= 0.90",
             "nsw defaults keep >= 90% of the raw library's QPS"} <= targets
     assert "hnsw beside nsw" in format_table(report)
+
+
+N_COPIES = 3000
+
+
+def score_recall(index, queries, ids, vectors, k=10):
+    """Share of each query's results scoring at least the exact k-th best score over everything stored:
+    1.0 for an exact answer however many stored vectors tie (copies of one vector all tie)."""
+    exact = queries @ (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
+    kth = -np.sort(-exact, axis=1)[:, k - 1]
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    found, _ = index.search(queries, k)
+    return np.array([sum(exact[q, row_of[i]] >= kth[q] - 1e-5 for i in found[q] if i >= 0) / k
+                     for q in range(len(queries))])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("copied", ["far", "near"])
+def test_thousands_of_copies_of_one_vector_hide_nothing(name, copied, corpus, tmp_path):
+    """3,000 copies of one vector (the way one file's run of identical passages arrives) stored before
+    the real passages: each backend answers as well as over the real passages alone. "far": a vector
+    unlike any passage (as a run of "x" encodes); "near": a real passage's. In an HNSW graph the copies
+    otherwise link only to each other and trap the beam; quantizers trained on them; candidate lists fill."""
+    rng = np.random.default_rng(3)
+    vector = rng.normal(size=corpus["base"].shape[1]).astype(np.float32) if copied == "far" else corpus["base"][0]
+    copy_ids = np.arange(N_COPIES, dtype=np.int64) + 2 * 10**9
+    ids = np.concatenate([copy_ids, corpus["ids"]])
+    vectors = np.concatenate([np.repeat(vector[None], N_COPIES, axis=0), corpus["base"]])
+    params = SMALL_PARAMS.get(name, {})
+    index = create_index(name, corpus["base"].shape[1], **params)
+    for start in range(0, len(ids), BATCH):
+        index.add(ids[start : start + BATCH], vectors[start : start + BATCH])
+    assert len(index) == len(ids) and np.array_equal(index.ids(), np.sort(ids))
+    once = create_index(name, corpus["base"].shape[1], **params)  # the same vectors, the repeated one once
+    once.add(copy_ids[:1], vector[None])
+    for start in range(0, N_BASE, BATCH):
+        once.add(corpus["ids"][start : start + BATCH], corpus["base"][start : start + BATCH])
+    probes = np.concatenate([corpus["queries"], vector[None] + 0.01 * corpus["queries"][:1]])
+    with_copies = score_recall(index, probes, ids, vectors)
+    without = score_recall(build(name, corpus), probes, corpus["ids"], corpus["base"])
+    print(f"{name} {copied}: score recall@10 {with_copies.mean():.4f} (min {with_copies.min():.1f}), "
+          f"without the copies {without.mean():.4f} (min {without.min():.1f})")
+    # the copies cost nothing: answers as good as with the vector stored once, or not at all
+    once_ids, once_vectors = np.concatenate([copy_ids[:1], corpus["ids"]]), np.concatenate([vector[None], corpus["base"]])
+    assert (with_copies >= score_recall(once, probes, once_ids, once_vectors)).all()
+    assert with_copies.mean() >= without.mean() - 0.005
+    # the copies themselves: every one is found, and they outlive the id the backend stores them under
+    found, scores = index.search(vector, 20)
+    assert set(found[0].tolist()) <= set(copy_ids.tolist()) | {int(corpus["ids"][0])}
+    assert np.allclose(scores, 1.0, atol=1e-5)
+    index.remove(copy_ids[:1000])
+    index.save(tmp_path / "copies")
+    loaded = load_index(tmp_path / "copies")
+    assert len(loaded) == len(ids) - 1000
+    found, _ = loaded.search(vector, 5)
+    assert set(found[0].tolist()) <= set(copy_ids[1000:].tolist()) | {int(corpus["ids"][0])}
+    loaded.remove(copy_ids)
+    assert len(loaded) == N_BASE and np.array_equal(loaded.ids(), np.sort(corpus["ids"]))
+    assert score_recall(loaded, corpus["queries"], corpus["ids"], corpus["base"]).mean() >= without.mean() - 0.005

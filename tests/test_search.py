@@ -81,7 +81,7 @@ def test_hybrid_fuses_both_rankings(library):
     hybrid = search(library, query, k=5, mode="hybrid")
     dense = [h.passage.id for h in search(library, query, k=100, mode="dense")]
     keyword = [h.passage.id for h in search(library, query, k=100, mode="keyword")]
-    expected = fuse([dense, keyword], 60)[:5]
+    expected = fuse([keyword, dense], 60)[:5]
     assert [h.passage.id for h in hybrid] == [i for i, _ in expected]
     assert hybrid[0].score == pytest.approx(expected[0][1])
 
@@ -94,6 +94,18 @@ def test_fuse_is_reciprocal_rank_fusion():
     assert scores[2] == pytest.approx(1 / 62)
     assert [i for i, _ in fused] == [1, 3, 2]
     assert fuse([]) == []
+
+
+def test_fusion_ties_go_to_the_better_single_rank_then_to_the_earlier_ranking():
+    assert [i for i, _ in fuse([[7], [8]])] == [7, 8] and [i for i, _ in fuse([[8], [7]])] == [8, 7]
+    assert [i for i, _ in fuse([[1, 2], [2, 1]])] == [1, 2]  # equal sums; rank 1 in the first ranking wins
+    keyword = [100, 5, *range(101, 162), 9]  # 5 at rank 2; 9 at rank 64 here and in the other ranking
+    dense = [*range(100, 163), 9]
+    fused = dict(fuse([keyword, dense]))
+    assert fused[5] == fused[9] == 1 / 62  # 1/62 == 1/124 + 1/124
+    order = [i for i, _ in fuse([keyword, dense])]
+    assert order.index(5) < order.index(9)  # the better single rank first, whichever was met first
+    assert [i for i, _ in fuse([dense, keyword])].index(5) < [i for i, _ in fuse([dense, keyword])].index(9)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -19,8 +19,8 @@ PARAGRAPH = ("The Veltmoor orchestra was founded in 1902 by the conductor Anja R
 
 
 @pytest.fixture(scope="module")
-def shipped() -> SpanReader:
-    return load_span_reader(SHIPPED)
+def shipped(model_cache) -> SpanReader:
+    return load_span_reader(SHIPPED, model_cache)
 
 
 def test_the_shipped_reader_is_package_data_with_its_record(shipped):
@@ -120,3 +120,20 @@ def test_the_cli_shows_the_answer_in_its_sentence(orchestra_dir):
     assert "reader:      span, shipped" in shown.output
     body = json.loads(CliRunner().invoke(main, ["stats", "--json", "--data", str(orchestra_dir)]).output)
     assert body["reader"]["source"] == "shipped"
+
+
+def test_the_onnx_form_reads_as_the_trained_weights_do(shipped):
+    assert shipped.backend == "onnx"
+    torch_reader = SpanReader(SHIPPED, backend="torch")
+    texts = [PARAGRAPH, "Green tea is made from the leaves of Camellia sinensis. It originated in China."]
+    for question in ("Who founded the Veltmoor orchestra?", "Where did green tea originate?"):
+        ours, theirs = shipped.spans(question, texts), torch_reader.spans(question, texts)
+        assert [s.text for s in ours] == [s.text for s in theirs]
+        assert np.allclose([s.score for s in ours], [s.score for s in theirs], atol=1e-3)
+
+
+def test_an_unknown_reader_back_end_is_refused():
+    from rag.errors import RagError
+
+    with pytest.raises(RagError, match="unknown span reader back end"):
+        SpanReader(SHIPPED, backend="tpu")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rag.errors import RagError
-from rag.store import NewDocument, Store, keyword_query, where_sql
+from rag.store import NewDocument, Store, keyword_query, passage_hash, where_sql
 
 DIM = 8
 
@@ -172,3 +172,104 @@ def test_stats(store):
     assert stats["collections"] == {"x": {"documents": 1, "passages": 2}}
     assert stats["encoder"] == "test-encoder" and stats["dim"] == DIM
     assert stats["sizes"]["database"] > 0
+
+
+# --- repeated passages: one vector per text, order independent of who wrote first ---------------------
+
+def test_a_repeated_passage_keeps_the_first_vector_while_any_holder_remains(store):
+    shared = "All rights reserved; see the licence file."
+    a = store.write_source("/a.txt", "ha", [new_doc("/a.txt", f"{shared}\n\nAbout owls.", title="Notes", seed=1)])
+    b = store.write_source("/b.txt", "hb", [new_doc("/b.txt", f"{shared}\n\nAbout larks.", title="Notes", seed=2)])
+    c = store.write_source("/c.txt", "hc", [new_doc("/c.txt", f"{shared}\n\nAbout wrens.", title="Other", seed=3)])
+    # the same title and text read the same to the encoder: b's given vector is replaced by a's
+    np.testing.assert_array_equal(b.vectors[0], a.vectors[0])
+    assert not np.array_equal(b.vectors[1], a.vectors[1])
+    assert not np.array_equal(c.vectors[0], a.vectors[0])  # another title: another encoder input
+    _, stored = store.embeddings(ids=[b.added_ids[0]])
+    np.testing.assert_array_equal(stored[0], a.vectors[0])
+    found = store.vectors_of_texts([passage_hash("Notes", shared), passage_hash("Notes", "other"), "no-such-hash"])
+    assert list(found) == [passage_hash("Notes", shared)]
+    np.testing.assert_array_equal(found[passage_hash("Notes", shared)], a.vectors[0])
+    store.remove_document("/a.txt")  # the first holder goes; the text's vector stays with the others
+    _, stored = store.embeddings(ids=[b.added_ids[0]])
+    np.testing.assert_array_equal(stored[0], a.vectors[0])
+    d = store.write_source("/d.txt", "hd", [new_doc("/d.txt", f"{shared}\n\nAbout gulls.", title="Notes", seed=4)])
+    np.testing.assert_array_equal(d.vectors[0], a.vectors[0])
+    assert_consistent(store)
+
+
+def test_equal_keyword_scores_go_in_path_order_whatever_the_write_order(tmp_path):
+    paths = ["/m.txt", "/z.txt", "/a.txt", "/q.txt"]
+    results = []
+    for name, order in (("one", paths), ("two", paths[::-1])):
+        s = Store(tmp_path / name / "rag.db")
+        s.check_encoder("test-encoder", DIM)
+        for i, path in enumerate(order):  # the same title and first paragraph: equal BM25 scores
+            s.write_source(path, path, [new_doc(path, f"Puffins nest in burrows.\n\nPage {path}.",
+                                                title="Seabirds", seed=i)])
+        for k in (1, 2, 4):
+            hits = s.keyword_search("puffins", k)
+            assert len({score for _, score in hits}) == 1
+            results.append([(s.document(s.passage(pid).document_id).path, s.passage(pid).order) for pid, _ in hits])
+        s.close()
+    assert results[:3] == results[3:]
+    assert results[2] == [("/a.txt", 0), ("/m.txt", 0), ("/q.txt", 0), ("/z.txt", 0)]
+
+
+def test_dense_repeats_join_the_ranking_in_path_order(store):
+    for i, path in enumerate(["/m.txt", "/z.txt", "/a.txt"]):
+        store.write_source(path, path, [new_doc(path, f"Gannets dive.\n\nNote {i}.", title="Seabirds", seed=i)])
+    z_first = store.passages_of(store.find_document("/z.txt").id)[0].id
+    ranked = store.with_repeats([(z_first, 0.9), (z_first + 1, 0.5)], 3)
+    paths = [store.document(store.passage(pid).document_id).path for pid, _ in ranked]
+    assert paths == ["/a.txt", "/m.txt", "/z.txt"] and [s for _, s in ranked] == [0.9, 0.9, 0.9]
+    allowed = {p.id for p in store.passages_of(store.find_document("/z.txt").id)}
+    assert store.with_repeats([(z_first, 0.9), (z_first + 1, 0.5)], 3, allowed) == [(z_first, 0.9), (z_first + 1, 0.5)]
+
+
+def test_identical_documents_share_the_passages_of_the_first_path(store):
+    text = "Kittiwakes nest on cliffs.\n\nThey feed at sea."
+    store.write_source("/z.txt", "h", [new_doc("/z.txt", text, title="Kittiwakes")])
+    store.write_source("/a.txt", "h", [new_doc("/a.txt", text, title="Kittiwakes")])
+    store.write_source("/m.txt", "h", [new_doc("/m.txt", text, title="Kittiwakes")])
+    a, m, z = (store.find_document(p) for p in ("/a.txt", "/m.txt", "/z.txt"))
+    assert store.duplicate_of(a.id) is None and store.duplicate_of(z.id) == a.id and store.duplicate_of(m.id) == a.id
+    assert {p.document_id for p in store.passages_of(z.id)} == {a.id}
+    assert store.document_text(z.id) == text and store.counts()["passages"] == 2
+    store.remove_document("/a.txt")  # the next path takes over
+    assert store.duplicate_of(m.id) is None and store.duplicate_of(z.id) == m.id
+    assert {p.document_id for p in store.passages_of(z.id)} == {m.id}
+    assert_consistent(store)
+
+
+def test_a_store_from_before_text_hashes_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "rag.db"
+    s = Store(path)
+    s.check_encoder("test-encoder", DIM)
+    for i, name in enumerate(["/a.txt", "/b.txt"]):  # the same passage, encoded in two batches: vectors differ
+        s.write_source(name, name, [new_doc(name, f"Terns migrate far.\n\nStop {i}.", title="Terns", seed=i)])
+    s.close()
+    import sqlite3
+
+    conn = sqlite3.connect(path)  # what an earlier version left: no text_hash, a vector per passage
+    conn.executescript("DROP INDEX passages_text; ALTER TABLE passages DROP COLUMN text_hash;")
+    rows = conn.execute("SELECT passage_id FROM embeddings ORDER BY passage_id").fetchall()
+    rng = np.random.default_rng(9)
+    for (pid,) in rows:
+        conn.execute("UPDATE embeddings SET vector = ? WHERE passage_id = ?",
+                     (rng.normal(size=DIM).astype(np.float32).tobytes(), pid))
+    conn.commit()
+    conn.close()
+    s = Store(path)
+    generation = s.generation()
+    a, b = (s.passages_of(s.find_document(p).id) for p in ("/a.txt", "/b.txt"))
+    ids, vectors = s.embeddings(ids=[a[0].id, b[0].id, a[1].id, b[1].id])
+    vector = dict(zip(ids.tolist(), vectors))
+    np.testing.assert_array_equal(vector[a[0].id], vector[b[0].id])  # one vector for the repeated text
+    assert not np.array_equal(vector[a[1].id], vector[b[1].id])
+    hashes = dict(s.conn.execute("SELECT id, text_hash FROM passages"))
+    assert hashes[a[0].id] == hashes[b[0].id] == passage_hash("Terns", "Terns migrate far.")
+    s.close()
+    s = Store(path)  # opening again changes nothing
+    assert s.generation() == generation
+    s.close()
