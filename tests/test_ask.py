@@ -53,7 +53,7 @@ def fact_passage_id(library) -> int:
     return search(library, "Quillport Ilsa Marrow", k=1, mode="keyword")[0].passage.id
 
 
-@pytest.mark.parametrize("reader", ["extract", "prompt", "fid"])
+@pytest.mark.parametrize("reader", ["span", "extract", "prompt", "fid"])
 def test_ask_answers_with_the_fact_and_cites_its_passage(library, generator, reader):
     answer = ask(library, "Who founded Quillport?", k=4, reader=reader, generator=generator)
     assert "Marrow" in answer.text
@@ -107,7 +107,7 @@ def test_errors_are_clear(library, generator, tmp_path, encoder):
     with pytest.raises(RagError, match="unknown reader"):
         ask(library, "Who founded Quillport?", reader="oracle", generator=generator)
     with pytest.raises(RagError, match="not found"):
-        ask(library, "Who founded Quillport?", generator=str(tmp_path / "no-model"))
+        ask(library, "Who founded Quillport?", reader="prompt", generator=str(tmp_path / "no-model"))
     empty = open_library(tmp_path / "empty", encoder=encoder)
     with pytest.raises(RagError, match="no documents"):
         ask(empty, "Who founded Quillport?", generator=generator)
@@ -120,7 +120,7 @@ def test_cli_ask_json_and_text(data_dir, generator):
                                   "--data", str(data_dir)])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"question", "answer", "citations", "passages", "hyde", "timings"}
+    assert set(data) == {"question", "answer", "sentence", "citations", "passages", "hyde", "timings"}
     assert "Marrow" in data["answer"]
     assert data["citations"][0]["document"]["title"] == "Quillport"
     assert set(data["citations"][0]) == {"n", "passage_id", "document", "page", "last_page", "heading"}
@@ -134,6 +134,6 @@ def test_cli_ask_errors(tmp_path, data_dir):
     runner = CliRunner()
     result = runner.invoke(main, ["ask", "anything", "--data", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "no store in" in result.output and "Traceback" not in result.output
-    result = runner.invoke(main, ["ask", "Who founded Quillport?", "--generator", str(tmp_path / "missing"),
-                                  "--data", str(data_dir)])
+    result = runner.invoke(main, ["ask", "Who founded Quillport?", "--reader", "prompt", "--generator",
+                                  str(tmp_path / "missing"), "--data", str(data_dir)])
     assert result.exit_code == 1 and "not found" in result.output and "Traceback" not in result.output

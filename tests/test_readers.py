@@ -216,7 +216,7 @@ def test_free_written_answers_are_checked_and_fall_back_to_the_extract_reader(ti
 
 
 def test_reader_registry_and_errors(encoder):
-    assert set(READERS) == {"extract", "prompt", "fid"}
+    assert set(READERS) == {"span", "extract", "prompt", "fid"}
     with pytest.raises(RagError, match="unknown reader"):
         get_reader("telepathy")
 
