@@ -85,9 +85,10 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
         if reading.cited and reading.text:
             citations = [Citation(n=n, hit=hits[n - 1]) for n in reading.cited]
             text = reading.text + " " + "".join(f"[{n}]" for n in reading.cited)
-            sentence = answer_in_context(hits[reading.cited[0] - 1].passage.text, reading.text, reading.span)
+            first = hits[reading.cited[0] - 1].passage
+            sentence = answer_in_context(first.text, reading.text, reading.span)
             if sentence is not None:
-                sentence.update(n=reading.cited[0], passage_id=hits[reading.cited[0] - 1].passage.id)
+                sentence.update(n=reading.cited[0], passage_id=first.id)
     timings["total"] = time.perf_counter() - started
     return Answer(question=question, text=text, citations=citations, passages=hits, hyde=hypothetical,
                   timings=timings, sentence=sentence)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ TUNED_DIR = ("models", "span-reader")  # under a data directory: what `rag tune 
 MAX_ANSWER_TOKENS = 30
 N_BEST = 20
 TARGET_MODULES = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -53,7 +54,6 @@ class ReaderSettings:
     stride: int = 96
     retrieval_weight: float = 4.0  # span-score points per unit of passage cosine
     no_answer_margin: float = -6.0  # refuse when best span score - its window's null score is below this
-    extra: dict = field(default_factory=dict)
 
 
 def base_model_path() -> str:
@@ -91,8 +91,8 @@ def new_model(rank: int = 16, alpha: int = 32, dropout: float = 0.1, seed: int =
     return get_peft_model(model, config)
 
 
-def load_trained(directory: Path, trainable: bool = False, eager: bool = False):
-    """The base encoder with a saved adapter and head; merged into plain weights unless ``trainable``.
+def load_trained(directory: Path, eager: bool = False):
+    """The base encoder with a saved adapter and head, merged into plain weights.
     ``eager`` attention traces to the plain MatMul/Softmax that ONNX Runtime fuses."""
     from peft import PeftModel
     from transformers import AutoModelForQuestionAnswering
@@ -100,8 +100,7 @@ def load_trained(directory: Path, trainable: bool = False, eager: bool = False):
     _quiet_transformers()
     base = AutoModelForQuestionAnswering.from_pretrained(base_model_path(),
                                                          **({"attn_implementation": "eager"} if eager else {}))
-    model = PeftModel.from_pretrained(base, str(directory), is_trainable=trainable)
-    return model if trainable else model.merge_and_unload()
+    return PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
 
 
 def load_tokenizer():
@@ -118,11 +117,20 @@ def read_manifest(directory: Path) -> dict:
         raise RagError(f"{path}: not a span reader's manifest ({exc})") from exc
 
 
-def windows(tokenizer, question: str, texts: list[str], max_length: int, stride: int):
-    """Question + passage windows (run_qa.py's features): token ids, offsets, and which passage each came from."""
-    return tokenizer([question] * len(texts), texts, truncation="only_second", max_length=max_length,
-                     stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                     padding="longest", return_tensors="np")
+def windows(tokenizer, questions: list[str], texts: list[str], max_length: int, stride: int):
+    """Question + passage windows (run_qa.py's features): token ids, offsets, and which pair each came from."""
+    return tokenizer(questions, texts, truncation="only_second", max_length=max_length, stride=stride,
+                     return_overflowing_tokens=True, return_offsets_mapping=True, padding="longest",
+                     return_tensors="np")
+
+
+def torch_logits(model, enc) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end logits of every window from a PyTorch model: (windows, length) each."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(**{n: torch.from_numpy(enc[n]) for n in _INPUTS})
+    return out.start_logits.float().numpy(), out.end_logits.float().numpy()
 
 
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndarray,
@@ -143,10 +151,38 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndar
     return int(starts[i]), int(ends[j]), float(scores[i, j])
 
 
+def best_spans(enc, start_logits: np.ndarray, end_logits: np.ndarray, texts: list[str]) -> list[SpanChoice | None]:
+    """The best span of each text over its windows (None where a text offers none); ``enc`` from windows()."""
+    best: list[SpanChoice | None] = [None] * len(texts)
+    for w, owner in enumerate(enc["overflow_to_sample_mapping"].tolist()):
+        context = np.array([sid == 1 for sid in enc.sequence_ids(w)])
+        a, b, score = best_span(start_logits[w], end_logits[w], context)
+        if a < 0 or (best[owner] is not None and best[owner].score >= score):
+            continue
+        offsets = enc["offset_mapping"][w]
+        first, last = int(offsets[a][0]), int(offsets[b][1])
+        null = float(start_logits[w][0] + end_logits[w][0])
+        best[owner] = SpanChoice(owner, first, last, texts[owner][first:last], score, null)
+    return best
+
+
+def pick(spans: list[SpanChoice | None], cosines: list[float], retrieval_weight: float, no_answer_margin: float
+         ) -> tuple[SpanChoice | None, float]:
+    """The answer across passages (best span score + ``retrieval_weight`` x its passage's cosine) and that
+    combined score; (None, score) when it falls below ``no_answer_margin`` against its no-answer score."""
+    scored = [(span.score + retrieval_weight * cosines[span.passage], span)
+              for span in spans if span is not None and span.text.strip()]
+    if not scored:
+        return None, -np.inf
+    total, span = max(scored, key=lambda pair: pair[0])
+    if span.score - span.null < no_answer_margin:
+        return None, total
+    return span, total
+
+
 # --- ONNX form: the merged weights exported once, fused by ONNX Runtime ----------------------------
 
 ONNX_EXPORT_VERSION = 1
-_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def onnx_path(directory: Path, cache_dir: str | Path) -> Path:
@@ -220,12 +256,6 @@ class _OnnxLogits:
         return start, end
 
 
-def _default_cache_dir() -> Path:
-    from rag.generators import model_cache_dir
-
-    return model_cache_dir()
-
-
 READER_BACKENDS = ("onnx", "torch")
 
 
@@ -246,7 +276,9 @@ class SpanReader:
         self.tokenizer = load_tokenizer()
         self.backend = backend
         if backend == "onnx":
-            path = onnx_path(self.directory, cache_dir or _default_cache_dir())
+            from rag.generators import model_cache_dir
+
+            path = onnx_path(self.directory, cache_dir or model_cache_dir())
             if not path.is_file():
                 export_onnx(self.directory, path)
             self._onnx = _OnnxLogits(path)
@@ -256,53 +288,24 @@ class SpanReader:
 
     def logits(self, enc) -> tuple[np.ndarray, np.ndarray]:
         """Start and end logits of every window: (windows, length) each."""
-        import torch
-
         if self.backend == "onnx":
             return self._onnx({n: enc[n] for n in _INPUTS})
-        with torch.inference_mode():
-            out = self.model(**{n: torch.from_numpy(enc[n]) for n in _INPUTS})
-        return out.start_logits.float().numpy(), out.end_logits.float().numpy()
-
-    @property
-    def name(self) -> str:
-        return self.manifest.get("name", self.directory.name)
+        return torch_logits(self.model, enc)
 
     def spans(self, question: str, texts: list[str]) -> list[SpanChoice | None]:
         """The best span of each passage (None where a passage offers none)."""
         if not texts:
             return []
-        s = self.settings
-        enc = windows(self.tokenizer, question, texts, s.max_length, s.stride)
-        owners = enc["overflow_to_sample_mapping"]
-        best: list[SpanChoice | None] = [None] * len(texts)
+        enc = windows(self.tokenizer, [question] * len(texts), texts, self.settings.max_length, self.settings.stride)
         with self._lock:
             start_logits, end_logits = self.logits(enc)
-        for w, owner in enumerate(owners.tolist()):
-            context = np.array([sid == 1 for sid in enc.sequence_ids(w)])
-            a, b, score = best_span(start_logits[w], end_logits[w], context)
-            if a < 0:
-                continue
-            offsets = enc["offset_mapping"][w]
-            first, last = int(offsets[a][0]), int(offsets[b][1])
-            null = float(start_logits[w][0] + end_logits[w][0])
-            if best[owner] is None or score > best[owner].score:
-                best[owner] = SpanChoice(owner, first, last, texts[owner][first:last], score, null)
-        return best
+        return best_spans(enc, start_logits, end_logits, texts)
 
     def choose(self, question: str, texts: list[str], passage_scores: list[float] | None = None
                ) -> tuple[SpanChoice | None, float]:
         """The answer across passages and its combined score, or (None, score) when the reader declines."""
-        spans = self.spans(question, texts)
-        cosines = passage_scores or [0.0] * len(texts)
-        scored = [(span.score + self.settings.retrieval_weight * cosines[span.passage], span)
-                  for span in spans if span is not None and span.text.strip()]
-        if not scored:
-            return None, -np.inf
-        total, span = max(scored, key=lambda pair: pair[0])
-        if span.score - span.null < self.settings.no_answer_margin:
-            return None, total
-        return span, total
+        return pick(self.spans(question, texts), passage_scores or [0.0] * len(texts),
+                    self.settings.retrieval_weight, self.settings.no_answer_margin)
 
 
 _LOADED: dict[str, SpanReader] = {}

@@ -25,7 +25,9 @@ import numpy as np
 
 from rag.errors import RagError
 from rag.qa_data import QAData, QAExample
-from rag.span_reader import MANIFEST, ReaderSettings, base_model_path, best_span, windows
+from rag.span_reader import (
+    MANIFEST, ReaderSettings, SpanChoice, base_model_path, best_spans, pick, torch_logits, windows,
+)
 
 CHECKPOINT = "checkpoint"
 
@@ -52,7 +54,6 @@ class TuneConfig:
 
 @dataclass
 class TuneResult:
-    directory: Path
     config: TuneConfig
     train_groups: list[str]
     validation_groups: list[str]
@@ -68,11 +69,9 @@ class TuneResult:
 def train_features(tokenizer, examples: list[QAExample], config: TuneConfig, rng: random.Random) -> list[dict]:
     """Labelled windows: start/end token of the first answer, or 0 ([CLS]) where the window lacks it."""
     pairs = [(e, e.context, e.answers[:1]) for e in examples]
-    by_group: dict[str, list[str]] = {}
+    by_group: dict[str, dict[str, None]] = {}  # each group's distinct contexts, in order
     for e in examples:
-        by_group.setdefault(e.group, [])
-        if not by_group[e.group] or by_group[e.group][-1] != e.context:
-            by_group[e.group].append(e.context)
+        by_group.setdefault(e.group, {})[e.context] = None
     for e in examples:  # a question against another paragraph of its article that does not hold its answer
         if rng.random() >= config.negatives:
             continue
@@ -141,51 +140,36 @@ def collate(features: list[dict], ids: list[int]):
 # --- validation -----------------------------------------------------------------------------------
 
 def read_given(model, tokenizer, examples: list[QAExample], settings: ReaderSettings, batch_size: int = 32
-               ) -> list[dict]:
-    """Each question read from its own context: the span, its score and the window's no-answer score."""
-    import torch
-
-    results = []
+               ) -> list[SpanChoice | None]:
+    """Each question read from its own context: its best span (with its score and no-answer score)."""
     model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            enc = tokenizer([e.question for e in chunk], [e.context for e in chunk], truncation="only_second",
-                            max_length=settings.max_length, stride=settings.stride, return_overflowing_tokens=True,
-                            return_offsets_mapping=True, padding="longest", return_tensors="pt")
-            out = model(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"],
-                        attention_mask=enc["attention_mask"])
-            starts, ends = out.start_logits.numpy(), out.end_logits.numpy()
-            best: dict[int, dict] = {}
-            for w, owner in enumerate(enc["overflow_to_sample_mapping"].tolist()):
-                context = np.array([s == 1 for s in enc.sequence_ids(w)])
-                a, b, score = best_span(starts[w], ends[w], context)
-                if a < 0 or (owner in best and best[owner]["score"] >= score):
-                    continue
-                offsets = enc["offset_mapping"][w]
-                text = chunk[owner].context[int(offsets[a][0]):int(offsets[b][1])]
-                best[owner] = {"text": text, "score": score, "null": float(starts[w][0] + ends[w][0])}
-            results += [best.get(i, {"text": "", "score": -math.inf, "null": 0.0}) for i in range(len(chunk))]
+    results: list[SpanChoice | None] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        contexts = [e.context for e in chunk]
+        enc = windows(tokenizer, [e.question for e in chunk], contexts, settings.max_length, settings.stride)
+        results += best_spans(enc, *torch_logits(model, enc), contexts)
     return results
 
 
-def given_scores(readings: list[dict], examples: list[QAExample]) -> dict:
+def answer_scores(predictions: list[str], examples: list[QAExample]) -> dict:
+    """Mean EM and F1 over the answerable questions (a refusal is the empty answer)."""
     from rag.squad_metrics import exact_match, f1_score
 
-    answerable = [(r, e) for r, e in zip(readings, examples) if e.answers]
+    answerable = [(p, e) for p, e in zip(predictions, examples) if e.answers]
     if not answerable:
         return {"questions": 0, "exact_match": None, "f1": None}
-    em = sum(exact_match(r["text"], e.answer_texts) for r, e in answerable) / len(answerable)
-    f1 = sum(f1_score(r["text"], e.answer_texts) for r, e in answerable) / len(answerable)
+    em = sum(exact_match(p, e.answer_texts) for p, e in answerable) / len(answerable)
+    f1 = sum(f1_score(p, e.answer_texts) for p, e in answerable) / len(answerable)
     return {"questions": len(answerable), "exact_match": round(em, 4), "f1": round(f1, 4)}
 
 
-def calibrate_refusal(readings: list[dict], examples: list[QAExample], keep: float = 0.98) -> float:
+def calibrate_refusal(readings: list[SpanChoice | None], examples: list[QAExample], keep: float = 0.98) -> float:
     """The no-answer margin: with unanswerable questions, the one that scores best (F1 on answerable,
     refusals on the rest); otherwise the largest that still answers ``keep`` of the answerable ones."""
     from rag.squad_metrics import f1_score
 
-    margins = [r["score"] - r["null"] for r in readings]
+    margins = [r.score - r.null if r else -math.inf for r in readings]
     answerable = [m for m, e in zip(margins, examples) if e.answers]
     if not answerable:
         return ReaderSettings.no_answer_margin
@@ -193,7 +177,7 @@ def calibrate_refusal(readings: list[dict], examples: list[QAExample], keep: flo
         return float(np.quantile(answerable, 1.0 - keep)) - 1e-3
     best, chosen = -math.inf, ReaderSettings.no_answer_margin
     for threshold in sorted(set(margins)):
-        value = sum((f1_score(r["text"], e.answer_texts) if m >= threshold else 0.0) if e.answers
+        value = sum((f1_score(r.text if r else "", e.answer_texts) if m >= threshold else 0.0) if e.answers
                     else float(m < threshold) for r, e, m in zip(readings, examples, margins))
         if value > best:
             best, chosen = value, threshold - 1e-3
@@ -227,7 +211,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
     and leave the reader (adapter, head, manifest without scores yet) in ``out``. Resumes from
     ``out/checkpoint`` when it was made by the same recipe on the same data."""
     import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
 
     from rag.span_reader import load_tokenizer, new_model
 
@@ -251,7 +235,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
     warmup = max(1, int(config.warmup * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
-    result = TuneResult(out, config, train_groups, validation_groups)
+    result = TuneResult(config, train_groups, validation_groups)
     fingerprint = _fingerprint(config, data, train_groups)
     checkpoint = out / CHECKPOINT
     step = 0
@@ -317,7 +301,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
                     save_checkpoint()
             if validation:
                 readings = read_given(model, tokenizer, validation, ReaderSettings(config.max_length, config.stride))
-                scores = {"epoch": epoch + 1, "step": step, **given_scores(readings, validation)}
+                scores = {"epoch": epoch + 1, "step": step, **answer_scores([r.text if r else "" for r in readings], validation)}
                 result.validation.append(scores)
                 say(f"epoch {epoch + 1}: validation given-paragraph EM {scores['exact_match']:.3f} "
                     f"F1 {scores['f1']:.3f}")
@@ -411,7 +395,7 @@ def contexts_library(data: QAData, data_dir: Path, encoder=None):
 
 
 def read_open(library, reader, examples: list[QAExample], k: int = 5, mode: str = "hybrid",
-              progress: Callable[[str], None] | None = None) -> list[dict]:
+              progress: Callable[[str], None] | None = None) -> list[tuple[list, list[float]]]:
     """For each question: its top-k passages' best spans and cosines (the weight is chosen afterwards)."""
     from rag.answer import relevance
     from rag.search import search
@@ -420,29 +404,16 @@ def read_open(library, reader, examples: list[QAExample], k: int = 5, mode: str 
     for n, e in enumerate(examples, 1):
         vector = library.encoder.encode([e.question])[0]
         hits = search(library, e.question, k=k, mode=mode, query_vector=vector)
-        cosines = relevance(library, vector, hits)
-        spans = reader.spans(e.question, [h.passage.text for h in hits])
-        rows.append({"spans": [(s.text, s.score, s.null, c) for s, c in zip(spans, cosines) if s is not None]})
+        rows.append((reader.spans(e.question, [h.passage.text for h in hits]), relevance(library, vector, hits)))
         if progress and n % 200 == 0:
             progress(f"open setting: {n:,}/{len(examples):,} questions read")
     return rows
 
 
-def open_scores(rows: list[dict], examples: list[QAExample], weight: float, margin: float) -> dict:
-    """EM/F1 of the answers chosen with ``weight`` (a refusal is the empty answer)."""
-    from rag.squad_metrics import exact_match, f1_score
-
-    em = f1 = 0.0
-    answerable = [(r, e) for r, e in zip(rows, examples) if e.answers]
-    for row, e in answerable:
-        text = ""
-        if row["spans"]:
-            best = max(row["spans"], key=lambda s: s[1] + weight * s[3])
-            text = best[0] if best[1] - best[2] >= margin else ""
-        em += exact_match(text, e.answer_texts)
-        f1 += f1_score(text, e.answer_texts)
-    n = max(1, len(answerable))
-    return {"questions": len(answerable), "exact_match": round(em / n, 4), "f1": round(f1 / n, 4)}
+def open_scores(rows: list[tuple[list, list[float]]], examples: list[QAExample], weight: float, margin: float) -> dict:
+    """EM/F1 of the answers the reader would give with ``weight`` (rag.span_reader.pick)."""
+    chosen = [pick(spans, cosines, weight, margin)[0] for spans, cosines in rows]
+    return answer_scores([span.text if span else "" for span in chosen], examples)
 
 
 def fit_retrieval_weight(rows: list[dict], examples: list[QAExample], margin: float) -> tuple[float, dict]:
