@@ -212,15 +212,21 @@ def open_dataset(path: str | Path | None, data_dir: Path, docs_root: Path = DOCS
     return open_python_docs(path or QUESTIONS, data_dir, docs_root, progress)
 
 
-def held_out(questions: list[Question], data_dir: Path) -> tuple[list[Question], dict]:
-    """The questions whose article the span reader (the data directory's tuned one, else the shipped one)
-    did not train on: no figure is reported on an article a reader learned from."""
+def held_out(questions: list[Question], data_dir: Path, store_dir: Path | None = None
+             ) -> tuple[list[Question], dict]:
+    """The questions whose article neither the span reader (the data directory's tuned one, else the shipped
+    one) nor the store's query adapter (`rag tune retriever`) trained on: no figure is reported on an
+    article a model learned from."""
+    from rag.query_adapter import adapter_directory, read_manifest as adapter_manifest
     from rag.span_reader import read_manifest, reader_directory
 
-    manifest = read_manifest(reader_directory(data_dir))
-    trained = {str(g).replace("_", " ").strip() for g in manifest.get("train_groups", [])}
+    manifests = [read_manifest(reader_directory(data_dir))]
+    if store_dir is not None and (adapter_directory(store_dir) / "manifest.json").is_file():
+        manifests.append(adapter_manifest(adapter_directory(store_dir)))
+    trained = {str(g).replace("_", " ").strip() for m in manifests for g in m.get("train_groups", [])}
     kept = [q for q in questions if q.article not in trained]
-    return kept, {"left_out": len(questions) - len(kept), "trained_articles_of": manifest.get("name", "")}
+    return kept, {"left_out": len(questions) - len(kept),
+                  "trained_articles_of": ", ".join(m.get("name", "") for m in manifests)}
 
 
 def spread(questions: list[Question], limit: int | None) -> list[Question]:
@@ -264,11 +270,11 @@ def run(data_dir: Path, dataset_path: str | Path | None = None,
     try:
         questions, left_out = data.questions, {}
         if any(q.article for q in questions):
-            questions, left_out = held_out(questions, Path(data_dir))
+            questions, left_out = held_out(questions, Path(data_dir), getattr(library, "data_dir", None))
             if not questions:
                 raise RagError(f"every question of {data.path} is on an article the span reader trained on")
             if progress and left_out["left_out"]:
-                progress(f"{left_out['left_out']:,} questions on articles the span reader trained on are left out")
+                progress(f"{left_out['left_out']:,} questions on articles the span reader or query adapter trained on are left out")
         questions = spread(questions, limit)
         needs_generator = any(r in NEEDS_GENERATOR for r in readers) or any(hyde_options)
         gen = resolve_generator(generator, library) if needs_generator else None

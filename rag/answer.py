@@ -70,7 +70,7 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
     t = time.perf_counter()
     question_vector = library.encoder.encode([question])[0]  # encoded once: search, relevance, evidence
     hits = search(library, question, k=int(k), mode=mode, where=where,
-                  query_vector=question_vector if vector is None else vector)
+                  query_vector=library.query_vector(question, question_vector) if vector is None else vector)
     scores = relevance(library, question_vector, hits)
     timings["retrieve"] = time.perf_counter() - t
 

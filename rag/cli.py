@@ -225,6 +225,12 @@ def stats(as_json, cluster, data):
         click.echo(f"reader:      span, {reader.get('source')}: {reader.get('name', '-')}"
                    + (f" (validation F1 {given:.3f} given the paragraph)" if given is not None else "")
                    + (f"; {reader['message']}" if reader.get("message") else ""))
+    retriever = info.get("retriever") or {}
+    if retriever.get("query_adapter") or retriever.get("message"):
+        after = ((retriever.get("scores") or {}).get("after") or {}).get("hybrid", {}).get("top5")
+        click.echo(f"questions:   {'query adapter ' + repr(retriever['query_adapter']) if retriever.get('query_adapter') else 'plain encoder'}"
+                   + (f" (validation gold passage in top 5: {after:.3f}, hybrid)" if after is not None else "")
+                   + (f"; {retriever['message']}" if retriever.get("message") else ""))
     click.echo(f"sizes:       database {_megabytes(info['sizes']['database'])}, index {_megabytes(info['sizes']['index'])}")
     for name, c in info["collections"].items():
         click.echo(f"collection:  {name}: {c['documents']} documents, {c['passages']} passages")
@@ -421,7 +427,7 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
 
 @main.group()
 def tune() -> None:
-    """Train the reader on your own question-answer pairs."""
+    """Train the reader, or the question side of dense search, on your own question-answer pairs."""
 
 
 @tune.command("reader")
@@ -479,6 +485,69 @@ def tune_reader(dataset, validation_share, epochs, learning_rate, batch_size, ra
     settings = manifest["settings"]
     click.echo(f"retrieval weight {settings['retrieval_weight']}, no-answer margin {settings['no_answer_margin']}")
     click.echo(f"installed in {done['reader']}; loss curve {done['loss_plot']}")
+
+
+@tune.command("retriever")
+@click.argument("dataset", type=click.Path(exists=True))
+@click.option("--validation-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 0.95),
+              help="Share of the questions, in whole articles/documents, kept out of training to measure on.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(1, 100))
+@click.option("--learning-rate", default=3e-4, show_default=True, type=click.FloatRange(1e-7, 1.0))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--rank", default=8, show_default=True, type=click.IntRange(1, 256), help="LoRA rank.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 50),
+              help="Passages read per question in the open-setting validation.")
+@click.option("--no-open", is_flag=True, help="Skip the reader's open-setting EM/F1 before and after.")
+@click.option("--name", default=None, help="A name for the adapter (shown in `rag stats`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (recipe, split, scores) as JSON.")
+@data_option
+def tune_retriever(dataset, validation_share, epochs, learning_rate, batch_size, rank, seed, k, no_open, name,
+                   as_json, data):
+    """Train a question-side adapter for dense search on DATASET (as for `tune reader`) over this store.
+
+    A question's positives are the stored passages that hold its answer (within its context, or the
+    passage it names); stored passage vectors stay as they are, nothing is re-encoded. The adapter is
+    installed in DATA/models only when it ranks the validation questions' passages better.
+    """
+    import json
+
+    from rag.errors import RagError
+    from rag.retriever_tuning import RetrieverConfig, tune_retriever as run_tune
+
+    config = RetrieverConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank,
+                             alpha=2 * rank, validation_share=validation_share, seed=seed)
+    say = (lambda message: click.echo(message, err=True))
+    try:
+        done = run_tune(dataset, data, config, name=name, k=k, open_setting=not no_open, progress=say,
+                        bar=not as_json)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    manifest = done["manifest"]
+    if as_json:
+        click.echo(json.dumps({**done, "manifest": {k: v for k, v in manifest.items() if k != "losses"}}, indent=2))
+        return
+    scores = manifest["scores"]
+    click.echo(f"\nQuery adapter {manifest['name']!r}: {len(manifest['train_groups'])} training and "
+               f"{len(manifest['validation_groups'])} validation groups, {scores['training_seconds']:.0f} s, "
+               f"best epoch {scores['best_epoch']}")
+    if "before" in scores:
+        click.echo(f"{'validation':<10} {'search':<7} {'questions':>9} {'top-1':>6} {'top-5':>6} {'top-20':>6} "
+                   f"{'MRR':>6} {'EM':>6} {'F1':>6}")
+        for label in ("before", "after"):
+            row = scores[label]
+            for mode in ("dense", "hybrid"):
+                r = row[mode]
+                reader = row.get("open", {}) if mode == "hybrid" else {}
+                em = f"{reader['exact_match']:.3f}" if reader else "-"
+                f1 = f"{reader['f1']:.3f}" if reader else "-"
+                click.echo(f"{label:<10} {mode:<7} {r['questions']:>9} {r['top1']:>6.3f} {r['top5']:>6.3f} "
+                           f"{r['top20']:>6.3f} {r['mrr']:>6.3f} {em:>6} {f1:>6}")
+    if done["installed"]:
+        click.echo(f"installed in {done['adapter']}: questions are encoded through it from now on")
+    else:
+        click.echo(f"not installed: no epoch ranked the validation questions' passages better than the plain "
+                   f"encoder (kept in {done['adapter']})")
 
 
 def _register_eval() -> None:

@@ -423,6 +423,10 @@ class ClusterLibrary:
                                              cache_dir=model_cache_dir(self.data_dir))
             return self._encoder
 
+    def query_vector(self, text: str, plain: np.ndarray | None = None) -> np.ndarray:
+        """The vector dense search uses for a question (a cluster has no query adapter: the encoder's)."""
+        return self.encoder.encode([text])[0] if plain is None else plain
+
     def preload(self) -> None:
         """Load the query encoder and every shard's index now."""
         self.encoder  # noqa: B018

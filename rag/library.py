@@ -65,6 +65,7 @@ class Library:
         stored_path = self._store.meta("encoder_path") if self._store.meta("encoder") != DEFAULT_ENCODER else None
         self._model = model or stored_path  # a store built with another model reopens with it
         self._encoder = encoder
+        self._query_encoder = None  # (adapter manifest's mtime, encoder or None): rag.query_adapter
         self._index = None
         self._synced = -1  # the store generation the in-memory index reflects
         self.lock = threading.RLock()
@@ -138,6 +139,41 @@ class Library:
                 self._store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
                 self._encoder = encoder
             return self._encoder
+
+    def query_vector(self, text: str, plain: np.ndarray | None = None) -> np.ndarray:
+        """The vector dense search uses for a question: the tuned question encoder's where `rag tune retriever`
+        installed an adapter here (rag.query_adapter), else the encoder's (``plain``, when already encoded)."""
+        encoder = self.query_encoder
+        if encoder is None:
+            return self.encoder.encode([text])[0] if plain is None else plain
+        return encoder.encode([text])[0]
+
+    @property
+    def query_encoder(self):
+        """The question encoder of the installed query adapter, or None; follows an adapter installed
+        (or replaced) by another process, by its manifest's modification time."""
+        from rag.query_adapter import MANIFEST, adapter_directory, adapter_status, load_query_encoder
+
+        manifest = adapter_directory(self.data_dir) / MANIFEST
+        try:
+            stamp = manifest.stat().st_mtime_ns
+        except OSError:
+            return None
+        with self.lock:
+            if self._query_encoder is None or self._query_encoder[0] != stamp:
+                status = adapter_status(self.data_dir, self.encoder.name)
+                encoder = None
+                if status and status["usable"]:
+                    from rag.generators import model_cache_dir
+
+                    encoder = load_query_encoder(manifest.parent, self.encoder.path, self.encoder_backend,
+                                                 model_cache_dir(self.data_dir))
+                self._query_encoder = (stamp, encoder)
+            return self._query_encoder[1]
+
+    def record_query_adapter(self, name: str) -> None:
+        """Note in the store that a query adapter (under <data>/models/query-adapter) encodes questions."""
+        self._store.set_meta("query_adapter", name)
 
     def record_encoder(self, name: str, dim: int, path: str | None = None) -> None:
         """For vectors encoded elsewhere (a cluster's encoder actors): record or check which encoder made them."""
@@ -257,6 +293,7 @@ class Library:
         files = [p for p in self.index_dir.rglob("*") if p.is_file()] if self.index_dir.exists() else []
         stats["sizes"]["index"] = sum(p.stat().st_size for p in files)
         stats["reader"] = self.reader_status()
+        stats["retriever"] = self.retriever_status()
         return stats
 
     def reader_status(self) -> dict:
@@ -268,6 +305,17 @@ class Library:
         if recorded and status["source"] != "tuned":
             status["message"] = f"the tuned reader recorded here ({recorded}) is missing: the shipped one answers"
         return status
+
+    def retriever_status(self) -> dict:
+        """How questions are encoded for dense search: plainly, or through the query adapter tuned here."""
+        from rag.query_adapter import adapter_status
+
+        recorded = self._store.meta("query_adapter")
+        status = adapter_status(self.data_dir, self._store.meta("encoder"))
+        if status is None:
+            message = f"the query adapter recorded here ({recorded}) is missing" if recorded else ""
+            return {"query_adapter": None, **({"message": message} if message else {})}
+        return {"query_adapter": status.get("name"), **status}
 
     def record_reader(self, name: str) -> None:
         """Note in the store that a tuned span reader (under <data>/models/span-reader) answers from now on."""

@@ -40,7 +40,7 @@ def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
 
 def _query_vector(library, query: str, query_vector) -> np.ndarray:
     if query_vector is None:
-        return library.encoder.encode([query])[0]
+        return library.query_vector(query)
     vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     if vector.shape[0] != library.dim:
         raise RagError(f"query vector has dimension {vector.shape[0]}, the store holds {library.dim}")

