@@ -115,7 +115,7 @@ def score(question: Question, answer, not_found: str) -> dict:
 
 
 def summarize(reader: str, hyde: bool, rows: list[dict]) -> dict:
-    """The agreed result shape (see the issue and the README): means over the questions, latency percentiles."""
+    """The agreed result shape (see docs/benchmarks.md): means over the questions, latency percentiles."""
     answerable = [r for r in rows if r["answerable"]]
     unanswerable = [r for r in rows if not r["answerable"]]
     mean = lambda values: round(sum(values) / len(values), 4) if values else None  # noqa: E731

@@ -15,7 +15,7 @@ quantizers from the cached float32 export:
 - ``layerN``: only layer N's MatMuls quantized, to see which ones cost the most.
 
 Variants are kept under <cache>/variants/<name>.onnx and reused (delete them after changing this file).
-The figures of the current choice are in the README (Encoder back ends).
+The figures of the current choice are in docs/benchmarks.md (Encoder back ends).
 
     python -m eval.int8_variants ../shared/datasets/scifact --cache rag-data/models --passages 500 \
         --variants "dynamic,layer0,dynamic-qkv:ex0o+ex1o+ex2o+ex3q+ex4q+ex5q"

@@ -345,7 +345,7 @@ def serve(host: str, port: int, threads: int, generator: str, cluster: str | Non
               help="span: the trained span reader (the one `rag tune reader` made here, else the shipped one); "
                    "extract: the best phrase of the passages, no generator; prompt: the generator copies the "
                    "answer from the best sentences; fid: fusion-in-decoder over whole passages "
-                   "(default: span, the reader that measures best, see README).")
+                   "(default: span, the reader that measures best, see docs/benchmarks.md).")
 @click.option("--generator", default="local", show_default=True,
               help="local (Gemma 3 270M, converted once into DATA/models), openai (RAG_OPENAI_BASE_URL, "
                    "RAG_OPENAI_MODEL, RAG_OPENAI_API_KEY), or a Hugging Face model directory.")

@@ -39,7 +39,7 @@ from rag.errors import RagError
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
 # The fastest back end whose SciFact nDCG@10 (dense and hybrid, flat) stays within 0.005 of torch's.
-# Whole SciFact, 300 queries (see README), every text encoded alone: torch dense 0.6549 / hybrid 0.7170;
+# Whole SciFact, 300 queries (see docs/benchmarks.md), every text encoded alone: torch dense 0.6549 / hybrid 0.7170;
 # onnx the same to 1e-9 (0.65489 / 0.71705) and ingesting at 28.4 documents/s against onnx-int8's 26.6;
 # onnx-int8 (export v5) 0.6540 / 0.7120, hybrid 0.00504 below torch: just outside the rule. (v4 in
 # batches of 64: 0.6578 / 0.7144, but its vectors depended on what shared their batch.)
@@ -49,7 +49,7 @@ DEFAULT_ENCODER_BACKEND = "onnx"
 # what shared their batch).
 EXPORT_VERSION = 5
 
-# Which back ends may share a store. Measured on 1,000 Python-docs passages against torch (see README):
+# Which back ends may share a store. Measured on 1,000 Python-docs passages against torch (see docs/benchmarks.md):
 # onnx agrees to cosine 0.99999+ (the same float32 arithmetic in another order), so its vectors are
 # interchangeable with torch's; int8 ones (export v3; v4 is 0.0002 further on SciFact) agree to 0.9972 on
 # average (worst 0.992; the same nearest neighbour for 98.0% of passages), as far apart as neighbouring
