@@ -153,6 +153,26 @@ def ingest_benchmark(pages, backend, queries, no_latency, no_throughput, search_
     click.echo(json.dumps(bench.to_json(), indent=2) if as_json else format_table(bench))
 
 
+@eval_group.command("headings")
+@click.argument("folder", type=click.Path(exists=True))
+@click.option("--chunk-tokens", default=None, type=click.IntRange(16), help="Passage size in tokens (default: as ingest).")
+@click.option("--overlap", default=None, type=click.IntRange(0), help="Tokens shared by neighbours (default: as ingest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def headings(folder, chunk_tokens, overlap, as_json) -> None:
+    """Share of passages that cross a heading (a heading on a line after a passage's first), cut as
+    `rag ingest` cuts them; parsing and chunking only, nothing is encoded."""
+    import json
+
+    from eval.headings import format_table, measure
+    from rag.errors import RagError
+
+    try:
+        report = measure(folder, chunk_tokens=chunk_tokens, overlap=overlap)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_table(report))
+
+
 @eval_group.command("ann")
 @click.option("--vectors", "vectors_file", default=None, type=click.Path(dir_okay=False),
               help="Your own vectors (.npy or .fvecs); default: real MiniLM vectors of the Python docs.")

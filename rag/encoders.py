@@ -462,6 +462,20 @@ def _max_seq_length(path: str, tokenizer) -> int:
         return int(min(tokenizer.model_max_length, 512))
 
 
+def load_tokenizer(model: str | None = None) -> tuple[object, int]:
+    """(tokenizer, window) of an encoder model without its weights: all that chunking text as ingestion
+    does needs, for measurements that encode nothing (eval.headings)."""
+    _offline()
+    from transformers import AutoTokenizer
+
+    path, _ = _model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise EncoderError(f"cannot load the tokenizer of {path}: {exc}") from exc
+    return tokenizer, _max_seq_length(path, tokenizer)
+
+
 def _default_cache_dir() -> Path:
     from rag.generators import model_cache_dir
 

@@ -148,6 +148,31 @@ def title_prefix(tokenizer, title: str, window: int, chunk_tokens: int) -> tuple
     return title, len(offsets)
 
 
+def passage_spans(doc: SourceDocument, tokenizer, window: int, chunk_tokens: int, overlap: int
+                  ) -> list[tuple[int, int]]:
+    """(start, end) of each passage of ``doc`` as ingestion stores it: room left for the title prefix,
+    cut at page ends and never across a heading (rag.chunking), wordless runs dropped, and a section
+    holding nothing but its heading (a page title right above its first subsection) dropped too
+    unless the document has nothing else."""
+    _, prefix_tokens = title_prefix(tokenizer, doc.title, window, chunk_tokens)
+    budget = min(chunk_tokens, window - prefix_tokens)
+    spans = cap_spans(doc.text, Chunker(tokenizer, budget, min(overlap, budget // 2))
+                      .chunk(doc.text, doc.page_starts, [offset for offset, _ in doc.headings]))
+    # a run of one character (or of symbols) inside a real document is no passage either
+    spans = [(a, b) for a, b in spans if why_wordless(doc.text[a:b]) is None]
+    headings = {offset: _bare(heading) for offset, heading in doc.headings}
+    with_text = [(a, b) for a, b in spans if headings.get(a) != _bare(doc.text[a:b])]
+    return with_text or spans
+
+
+_HEADING_MARKS = re.compile(r"[#=-]+")
+
+
+def _bare(text: str) -> str:
+    """A heading's words without Markdown's marks (``## Title``, a setext underline) or spacing."""
+    return " ".join(_HEADING_MARKS.sub(" ", text).split())
+
+
 def encoder_input(prefix: str, passage: str) -> str:
     """What the encoder sees for a passage: the document title on its own line, then the passage.
     The title gives a passage cut from a long page the context it lost (and matches how BEIR
@@ -262,12 +287,8 @@ class _Ingester:
                               mtime=doc.mtime if doc.mtime is not None else source.mtime, metadata=dict(doc.metadata),
                               page_starts=list(doc.page_starts))
             if not self.library.has_content(digest, self.collection, exclude_source=source.key):
-                prefix, prefix_tokens = self._title_prefix(doc.title)
-                budget = min(self.chunk_tokens, self.window - prefix_tokens)
-                spans = cap_spans(doc.text, Chunker(self.tokenizer, budget, min(self.overlap, budget // 2))
-                                  .chunk(doc.text, doc.page_starts))
-                # a run of one character (or of symbols) inside a real document is no passage either
-                new.spans = [(a, b) for a, b in spans if why_wordless(doc.text[a:b]) is None]
+                prefix, _ = self._title_prefix(doc.title)
+                new.spans = passage_spans(doc, self.tokenizer, self.window, self.chunk_tokens, self.overlap)
                 if not new.spans:
                     return (source.key, "no words: not one passage holds a word"
                                         + (f" ({doc.uri})" if doc.uri != source.key else ""))

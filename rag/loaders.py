@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from rag.errors import RagError
-from rag.locations import heading_lines, markdown_headings
+from rag.locations import heading_lines, markdown_headings, outline_headings
 from rag.records import SourceDocument
 
 
@@ -95,6 +95,7 @@ def load_markdown(path: str, data: bytes, options: LoadOptions) -> list[SourceDo
 
 # Never indexed: scripts and styles are not text, navigation and page chrome repeat on every page.
 BOILERPLATE_TAGS = ("script", "style", "noscript", "template", "nav", "header", "footer")
+HEADING_TAGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 _BLOCK_TAGS = frozenset("p div br li ul ol dl dt dd h1 h2 h3 h4 h5 h6 tr table section article main pre "
                         "blockquote figure figcaption hr title".split())
 
@@ -159,7 +160,7 @@ def load_html(path: str, data: bytes, options: LoadOptions) -> list[SourceDocume
         raise LoadError(f"cannot parse HTML: {exc}") from exc
     title = " ".join((tree.findtext(".//title") or "").split()) or Path(path).name
     truncated = any(e.type_name == "ERR_RESOURCE_LIMIT" for e in parser.error_log)  # nesting too deep
-    headings = [] if truncated else [h.text_content().replace("\u00b6", "") for h in tree.iter("h1", "h2", "h3")]
+    headings = [] if truncated else [h.text_content().replace("\u00b6", "") for h in tree.iter(*HEADING_TAGS)]
     text = ""
     if not truncated:
         for element in tree.xpath("|".join(f"//{tag}" for tag in BOILERPLATE_TAGS)):
@@ -171,7 +172,7 @@ def load_html(path: str, data: bytes, options: LoadOptions) -> list[SourceDocume
     if not text.strip():  # all "boilerplate" to trafilatura, or too deep for the tree: the body's text
         text = html_body_text(markup)
     text = clean_text(text.replace("\u00b6", ""))  # Sphinx permalink marks
-    # the extracted text keeps each heading on a line of its own: find those lines by the h1-h3 texts
+    # the extracted text keeps each heading on a line of its own: find those lines by the h1-h6 texts
     return [SourceDocument(uri=path, title=title, text=text, headings=heading_lines(text, headings))]
 
 
@@ -183,13 +184,36 @@ def load_pdf(path: str, data: bytes, options: LoadOptions) -> list[SourceDocumen
         reader = PdfReader(io.BytesIO(data))
         pages = [page.extract_text() or "" for page in reader.pages]
         meta_title = (reader.metadata.title if reader.metadata else None) or ""
+        outline = pdf_outline(reader)
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
         raise LoadError(f"corrupt PDF: {exc}") from exc
     except Exception as exc:  # pypdf raises assorted errors on damaged files
         raise LoadError(f"corrupt PDF: {type(exc).__name__}: {exc}") from exc
     text, page_starts = join_pages(pages)
     title = str(meta_title).strip() or _title_from_text(text, Path(path).name)
-    return [SourceDocument(uri=path, title=title, text=text, metadata={"pages": len(pages)}, page_starts=page_starts)]
+    return [SourceDocument(uri=path, title=title, text=text, metadata={"pages": len(pages)}, page_starts=page_starts,
+                           headings=outline_headings(outline, text, page_starts))]
+
+
+def pdf_outline(reader) -> list[tuple[int, str]]:
+    """(0-based page, title) of every entry of a PDF's outline (bookmarks), nested ones included, in
+    outline order; none when it has no outline or a broken one (the text is still read)."""
+    entries: list[tuple[int, str]] = []
+
+    def walk(items) -> None:
+        for item in items:
+            if isinstance(item, list):
+                walk(item)
+                continue
+            page = reader.get_destination_page_number(item)
+            if page is not None and page >= 0:
+                entries.append((page, str(item.title or "")))
+
+    try:
+        walk(reader.outline)
+    except Exception:  # pypdf raises assorted errors on a damaged outline
+        return []
+    return entries
 
 
 def join_pages(pages: list[str]) -> tuple[str, list[int]]:

@@ -2,7 +2,8 @@
 
 Loaders record where each page starts and where each heading stands, as character offsets into the
 document's text; ingestion maps each passage's offsets onto them, so a citation can say "p. 12" or
-name the section a person should open.
+name the section a person should open. Headings also start sections, which no passage crosses
+(rag.chunking), so a passage's heading is the heading of every sentence in it.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 
 Span = tuple[int, int]
 
-# ATX headings (# to ###) and setext headings (a text line underlined with === or ---).
-_ATX = re.compile(r"^ {0,3}(#{1,3})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.M)
+# ATX headings (# to ######) and setext headings (a text line underlined with === or ---).
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.M)
 _SETEXT = re.compile(r"^(?P<text>[^\n]*\S[^\n]*)\n {0,3}(?:=+|-+)[ \t]*$", re.M)
 _FENCE = re.compile(r"^ {0,3}(```|~~~)", re.M)
 
@@ -45,7 +46,7 @@ def locate(spans: list[Span], page_starts: list[int], headings: list[tuple[int, 
     """One Location per passage span; empty when the source records neither pages nor headings."""
     if not page_starts and not headings:
         return []
-    headings = sorted(headings)
+    headings = sorted(headings, key=lambda h: h[0])  # stable: of two headings at one offset, the later wins
     return [Location(page=page_at(start, page_starts), last_page=page_at(max(start, end - 1), page_starts),
                      heading=heading_at(start, headings)) for start, end in spans]
 
@@ -61,7 +62,7 @@ def location_label(page: int | None, last_page: int | None = None, heading: str 
 
 
 def markdown_headings(text: str) -> list[tuple[int, str]]:
-    """(offset, text) of the level 1-3 headings (`#`, `##`, `###`, and setext) outside code fences."""
+    """(offset, text) of the headings (`#` to `######`, and setext) outside code fences."""
     fenced: list[Span] = []
     marks = [m.start() for m in _FENCE.finditer(text)]
     for opening, closing in zip(marks[::2], marks[1::2] + [len(text)] * (len(marks) % 2)):
@@ -81,7 +82,7 @@ def markdown_headings(text: str) -> list[tuple[int, str]]:
 
 
 def heading_lines(text: str, headings: list[str]) -> list[tuple[int, str]]:
-    """(offset, text) of the lines of ``text`` that read exactly as one of ``headings`` (HTML h1-h3
+    """(offset, text) of the lines of ``text`` that read exactly as one of ``headings`` (HTML h1-h6
     texts); runs of whitespace compare equal, so the extractor's spacing does not matter."""
     wanted = {" ".join(h.split()) for h in headings}
     wanted.discard("")
@@ -92,3 +93,27 @@ def heading_lines(text: str, headings: list[str]) -> list[tuple[int, str]]:
             found.append((pos + len(line) - len(line.lstrip()), key))
         pos += len(line) + 1
     return found
+
+
+def outline_headings(entries: list[tuple[int, str]], text: str, page_starts: list[int]) -> list[tuple[int, str]]:
+    """(offset, title) of a PDF's outline entries, given as (0-based page, title) in outline order: at
+    the line of that page that reads as the title, else (the title is drawn, not written, or worded
+    differently) at the page's start."""
+    found: list[tuple[int, str]] = []
+    searched_from: dict[int, int] = {}  # page -> where the next title on it is looked for
+    for page, title in entries:
+        title = " ".join(str(title).split())
+        if not title or not 0 <= page < len(page_starts):
+            continue
+        start = page_starts[page]
+        end = page_starts[page + 1] if page + 1 < len(page_starts) else len(text)
+        origin = searched_from.get(page, start)
+        match = heading_lines(text[origin:end], [title])
+        if match:
+            offset = origin + match[0][0]
+            line_end = text.find("\n", offset, end)
+            searched_from[page] = end if line_end < 0 else line_end
+        else:
+            offset = start
+        found.append((offset, title))
+    return sorted(found, key=lambda h: h[0])
