@@ -220,6 +220,17 @@ def find_files(paths: list[str], include=None, exclude=None, default_excludes: b
     return list(dict.fromkeys(files)), missing
 
 
+# Bump when the way documents are cut into passages changes: a source's stored hash carries it, so the next
+# ingest of an unchanged file cuts it again rather than skipping it (2: passages stop at headings and
+# end at sentence ends).
+CUT_VERSION = 2
+
+
+def source_hash(digest: str) -> str:
+    """What a source's state is compared by: its content's digest and the cutting rules it was cut with."""
+    return f"{digest}:cut{CUT_VERSION}"
+
+
 def read_source(path: Path, options: LoadOptions, max_bytes: int) -> tuple[Source, bytes]:
     """Read one file and hash its bytes; LoadError says what is wrong with it."""
     try:
@@ -234,7 +245,7 @@ def read_source(path: Path, options: LoadOptions, max_bytes: int) -> tuple[Sourc
     except OSError as exc:
         raise LoadError(f"unreadable: {exc.strerror or exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
-    return Source(key=str(path), hash=digest, docs=[], size=len(data), mtime=stat.st_mtime), data
+    return Source(key=str(path), hash=source_hash(digest), docs=[], size=len(data), mtime=stat.st_mtime), data
 
 
 # --- the pipeline --------------------------------------------------------------------------------
@@ -463,7 +474,7 @@ def record_source(doc: SourceDocument) -> Source | tuple[str, str]:
     if (reason := why_wordless(doc.text)) is not None:
         return (doc.uri, reason)
     size = len(doc.text.encode("utf-8"))
-    return Source(key=doc.uri, hash=content_hash(doc.title, doc.text), docs=[doc], size=size, mtime=doc.mtime)
+    return Source(key=doc.uri, hash=source_hash(content_hash(doc.title, doc.text)), docs=[doc], size=size, mtime=doc.mtime)
 
 
 def ingest_paths(library, paths: list[str], collection: str = "default", include=None, exclude=None,
@@ -493,7 +504,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
         yield from missing
         if use_stdin:
             data = sys.stdin.buffer.read()
-            yield from _parse(stdin_name, data, Source(key=stdin_name, hash=hashlib.sha256(data).hexdigest(),
+            yield from _parse(stdin_name, data, Source(key=stdin_name, hash=source_hash(hashlib.sha256(data).hexdigest()),
                                                        docs=[], size=len(data)), options,
                               fmt=Path(stdin_name).suffix.lower() if Path(stdin_name).suffix.lower() in LOADERS else ".txt")
         for path in files:

@@ -4,6 +4,7 @@ heading, and passages end at sentence ends, not where the source happened to wra
 from __future__ import annotations
 
 import re
+import sqlite3
 import textwrap
 from pathlib import Path
 
@@ -230,6 +231,25 @@ def test_stored_passages_carry_their_own_sections_heading(tmp_path, encoder):
                 assert heading_lines_inside(passage.text, set(sections.values())) == []
         passages = library.passages_of(next(d for d in library.documents() if d.path.endswith(".html")).id)
         assert [p.heading for p in passages if "(6)." in p.text and p.text.startswith("Discounts")] == ["Discounts"]
+    finally:
+        library.close()
+
+
+def test_a_file_cut_by_earlier_rules_is_cut_again_on_the_next_ingest(tmp_path, encoder):
+    """An unchanged file is skipped, unless the store holds it as cut by an earlier CUT_VERSION."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "guide.md").write_text(MARKDOWN, encoding="utf-8")
+    with open_library(tmp_path / "data", encoder=encoder) as library:
+        assert ingest_paths(library, [str(folder)]).added == 1
+        assert ingest_paths(library, [str(folder)]).skipped == 1
+    with sqlite3.connect(tmp_path / "data" / "rag.db") as db:  # a store of the earlier rules: the bare digest
+        db.execute("UPDATE documents SET source_hash = substr(source_hash, 1, 64)")
+    library = open_library(tmp_path / "data", encoder=encoder)
+    try:
+        again = ingest_paths(library, [str(folder)])
+        assert again.skipped == 0 and again.updated == 1
+        assert ingest_paths(library, [str(folder)]).skipped == 1
     finally:
         library.close()
 
