@@ -47,7 +47,7 @@ def _time_task(generator, context: str, cached: bool, restricted: bool) -> float
         task = tok(prompt_block(context, QUESTION), add_special_tokens=False, return_tensors="pt")["input_ids"]
         if cached:
             _, cache = _cached_prefix(generator, examples())
-            out = model.model(input_ids=task, past_key_values=cache, use_cache=True)
+            out = model.model(input_ids=task, cache=cache, use_cache=True)
         else:
             prefix = tok(examples(), return_tensors="pt")["input_ids"]
             out = model.model(input_ids=torch.cat([prefix, task], dim=1), use_cache=True)
@@ -57,7 +57,7 @@ def _time_task(generator, context: str, cached: bool, restricted: bool) -> float
                 token = allowed[int(torch.argmax(restricted_logits(model, hidden, allowed)))]
             else:
                 token = int(torch.argmax(model.lm_head(hidden)))
-            out = model.model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = model.model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
     return time.perf_counter() - started
 
 

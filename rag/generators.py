@@ -267,9 +267,9 @@ class LocalGenerator:
                 """Next-token logits (rows, vocab) and the cache, through the int8 head when sampling."""
                 if head is None:
                     out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-                    return out.logits[:, -1], out.past_key_values
+                    return out.logits[:, -1], out.cache
                 out = self.model.base_model(**inputs, use_cache=True)
-                return head(out.last_hidden_state[:, -1]), out.past_key_values
+                return head(out.last_hidden_state[:, -1]), out.cache
 
             logits, cache = forward(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions)
             next_position = positions[:, -1:] + 1
@@ -295,7 +295,7 @@ class LocalGenerator:
                     return
                 mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], dim=1)
                 logits, cache = forward(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position,
-                                        past_key_values=cache)
+                                        cache=cache)
                 next_position = next_position + 1
 
     def generate(self, prompts: list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,

@@ -228,7 +228,7 @@ def _cached_prefix(generator, prefix: str):
     store = generator.__dict__.setdefault("_prefix_caches", {})
     if prefix not in store:
         ids = generator.tokenizer(prefix, return_tensors="pt")["input_ids"]  # with BOS
-        cache = generator.model.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True).past_key_values
+        cache = generator.model.model(input_ids=ids, cache=DynamicCache(), use_cache=True).cache
         store[prefix] = (ids.shape[1], [(layer.keys, layer.values) for layer in cache.layers])
     length, layers = store[prefix]
     return length, DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in layers])
@@ -288,11 +288,11 @@ def read_with_prompt(question: str, hits: list[Hit], generator, encoder=None,
     with generator.session():
         _, cache = _cached_prefix(generator, examples())
         rest = tokenizer(task, add_special_tokens=False, return_tensors="pt")
-        out = body(input_ids=rest["input_ids"], past_key_values=cache, use_cache=True)
+        out = body(input_ids=rest["input_ids"], cache=cache, use_cache=True)
 
         def step(token: int):
             nonlocal out
-            out = body(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = body(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
             return out.last_hidden_state[:, -1]
 
         copy = copy_decode(out.last_hidden_state[:, -1], step, generator.model, tokenizer, sources,
@@ -427,22 +427,22 @@ def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = D
     mask[0, 0, :, p_len:] = torch.where(visible, 0.0, blocked)
     with generator.prefill():
         fused = body(input_ids=torch.tensor([sum(passages, [])]), position_ids=(p_len + inside)[None],
-                     past_key_values=shared, attention_mask={"full_attention": mask, "sliding_attention": mask},
-                     use_cache=True).past_key_values
+                     cache=shared, attention_mask={"full_attention": mask, "sliding_attention": mask},
+                     use_cache=True).cache
     del mask, visible
     # The question sees every cached token and itself causally; same mask for both layer kinds.
     mask = torch.zeros(1, 1, s_len, total + s_len)
     mask[0, 0, :, total:] = torch.triu(torch.full((s_len, s_len), blocked), diagonal=1)
     position = p_len + longest
     out = body(input_ids=suffix, position_ids=torch.arange(position, position + s_len)[None],
-               past_key_values=fused, attention_mask={"full_attention": mask, "sliding_attention": mask},
+               cache=fused, attention_mask={"full_attention": mask, "sliding_attention": mask},
                use_cache=True)
     position += s_len
 
     def step(token: int):
         nonlocal out, position
         out = body(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]),
-                   past_key_values=out.past_key_values,
+                   cache=out.cache,
                    attention_mask={"full_attention": None, "sliding_attention": None}, use_cache=True)
         position += 1
         return out.last_hidden_state[:, -1]

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,8 @@ from rag.hyde import hyde_vector
 from rag.ingest import ingest_documents
 from rag.library import open_library
 from rag.records import SourceDocument
+
+REPO = Path(__file__).resolve().parents[1]
 
 FACT = ("The Zorbanian capital city Quillport was founded in 1742 by the cartographer Ilsa Marrow. "
         "It is known for its blue salt mines, which supply most of the country's salt.")
@@ -137,3 +143,17 @@ def test_cli_ask_errors(tmp_path, data_dir):
     result = runner.invoke(main, ["ask", "Who founded Quillport?", "--reader", "prompt", "--generator",
                                   str(tmp_path / "missing"), "--data", str(data_dir)])
     assert result.exit_code == 1 and "not found" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("reader", ["span", "extract", "prompt", "fid"])
+def test_cli_ask_shows_no_warnings_from_the_libraries(data_dir, generator, reader):
+    """The real command in its own process, as a user runs it: stderr holds no warning or deprecation
+    notice (Python's warnings, transformers' log), e.g. the FutureWarning transformers 5.25 printed on every
+    generator reader's answer while we passed the key/value cache by its old name."""
+    done = subprocess.run([sys.executable, "-m", "rag.cli", "ask", "Who founded Quillport?", "-k", "3",
+                           "--reader", reader, "--data", str(data_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)  # RAG_MODEL_CACHE: model_cache
+    assert done.returncode == 0, done.stderr
+    assert "Marrow" in done.stdout
+    noisy = [line for line in done.stderr.splitlines() if re.search(r"warn|deprecat", line, re.IGNORECASE)]
+    assert not noisy, "\n".join(noisy)

@@ -142,7 +142,7 @@ def test_decoder_fid_with_one_passage_equals_plain_decoding(generator):
         plain = generator.model.model(input_ids=torch.tensor([ids]), use_cache=True)
         assert torch.allclose(hidden, plain.last_hidden_state[:, -1], atol=1e-3)
         token = tok(" blue", add_special_tokens=False)["input_ids"][0]
-        after = generator.model.model(input_ids=torch.tensor([[token]]), past_key_values=plain.past_key_values)
+        after = generator.model.model(input_ids=torch.tensor([[token]]), cache=plain.cache)
         assert torch.allclose(step(token), after.last_hidden_state[:, -1], atol=1e-3)
 
 
