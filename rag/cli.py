@@ -430,6 +430,24 @@ def tune() -> None:
     """Train the reader, or the question side of dense search, on your own question-answer pairs."""
 
 
+def _run_tune(run, dataset, data, config, name, k, no_open, as_json) -> dict | None:
+    """Run a `rag tune` training with its progress on stderr; with --json print its result and return None."""
+    import json
+
+    from rag.errors import RagError
+
+    try:
+        done = run(dataset, data, config, name=name, k=k, open_setting=not no_open,
+                   progress=lambda message: click.echo(message, err=True), bar=not as_json)
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        manifest = {key: v for key, v in done["manifest"].items() if key != "losses"}
+        click.echo(json.dumps({**done, "manifest": manifest}, indent=2))
+        return None
+    return done
+
+
 @tune.command("reader")
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--validation-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 0.95),
@@ -455,23 +473,14 @@ def tune_reader(dataset, validation_share, epochs, learning_rate, batch_size, ra
     kept under DATA/tune/reader, so a stopped run resumes. The tuned reader goes into DATA/models and
     answers `rag ask`, the API and the page from then on.
     """
-    import json
-
-    from rag.errors import RagError
     from rag.tuning import TuneConfig, tune_reader as run_tune
 
     config = TuneConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank,
                         alpha=2 * rank, negatives=negatives, validation_share=validation_share, seed=seed)
-    say = (lambda message: click.echo(message, err=True))
-    try:
-        done = run_tune(dataset, data, config, name=name, k=k, open_setting=not no_open, progress=say,
-                        bar=not as_json)
-    except RagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    manifest = done["manifest"]
-    if as_json:
-        click.echo(json.dumps({**done, "manifest": {k: v for k, v in manifest.items() if k != "losses"}}, indent=2))
+    done = _run_tune(run_tune, dataset, data, config, name, k, no_open, as_json)
+    if done is None:
         return
+    manifest = done["manifest"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     scores = manifest["scores"]
     click.echo(f"\nReader {manifest['name']!r}: {len(manifest['train_groups'])} training and "
@@ -510,23 +519,14 @@ def tune_retriever(dataset, validation_share, epochs, learning_rate, batch_size,
     passage it names); stored passage vectors stay as they are, nothing is re-encoded. The adapter is
     installed in DATA/models only when it ranks the validation questions' passages better.
     """
-    import json
-
-    from rag.errors import RagError
     from rag.retriever_tuning import RetrieverConfig, tune_retriever as run_tune
 
     config = RetrieverConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank,
                              alpha=2 * rank, validation_share=validation_share, seed=seed)
-    say = (lambda message: click.echo(message, err=True))
-    try:
-        done = run_tune(dataset, data, config, name=name, k=k, open_setting=not no_open, progress=say,
-                        bar=not as_json)
-    except RagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    manifest = done["manifest"]
-    if as_json:
-        click.echo(json.dumps({**done, "manifest": {k: v for k, v in manifest.items() if k != "losses"}}, indent=2))
+    done = _run_tune(run_tune, dataset, data, config, name, k, no_open, as_json)
+    if done is None:
         return
+    manifest = done["manifest"]
     scores = manifest["scores"]
     click.echo(f"\nQuery adapter {manifest['name']!r}: {len(manifest['train_groups'])} training and "
                f"{len(manifest['validation_groups'])} validation groups, {scores['training_seconds']:.0f} s, "

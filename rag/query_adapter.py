@@ -14,7 +14,6 @@ the reader's retrieval weight and the relevance check were calibrated on.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import threading
@@ -34,11 +33,9 @@ def adapter_directory(data_dir: str | Path) -> Path:
 
 
 def read_manifest(directory: Path) -> dict:
-    path = Path(directory) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RagError(f"{path}: not a query adapter's manifest ({exc})") from exc
+    from rag.span_reader import read_manifest as read
+
+    return read(directory, "query adapter")
 
 
 def adapter_status(data_dir: str | Path, encoder_name: str | None) -> dict | None:

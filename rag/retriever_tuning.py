@@ -174,6 +174,7 @@ def train_query_adapter(library, train: list[tuple[str, list[int]]], validation:
     import torch
 
     from rag.query_adapter import new_query_model
+    from rag.tuning import Steps, linear_schedule
 
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -186,9 +187,7 @@ def train_query_adapter(library, train: list[tuple[str, list[int]]], validation:
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    warmup = max(1, int(config.warmup * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    scheduler = linear_schedule(optimizer, total, config.warmup)
     run = RetrieverRun(config)
     say(f"{len(train):,} training and {len(validation):,} validation questions; {len(rows):,} candidate "
         f"passages a step; {total:,} steps")
@@ -205,13 +204,8 @@ def train_query_adapter(library, train: list[tuple[str, list[int]]], validation:
         run.validation.append({"epoch": 0, **base})
         best = (base["mrr"], 0, trainable())
         say(f"plain encoder: validation top-5 {base['top5']:.3f}, MRR {base['mrr']:.3f}")
-    progress_bar = None
-    if bar:
-        from tqdm import tqdm
-
-        progress_bar = tqdm(total=total, unit="step", desc="tuning retriever", file=sys.stderr, dynamic_ncols=True)
+    steps = Steps(parameters, optimizer, scheduler, total, run.losses, 10, bar, "tuning retriever")
     rng = random.Random(config.seed)
-    step, running, count = 0, 0.0, 0
     try:
         for epoch in range(config.epochs):
             model.train()
@@ -225,20 +219,8 @@ def train_query_adapter(library, train: list[tuple[str, list[int]]], validation:
                 gold = torch.zeros_like(logits, dtype=torch.bool)
                 for row, (_, pids) in enumerate(batch):
                     gold[row, [column[p] for p in pids if p in column]] = True
-                loss = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~gold, -math.inf), 1)).mean()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                running, count = running + loss.item(), count + 1
-                if progress_bar is not None:
-                    progress_bar.update(1)
-                    progress_bar.set_postfix(epoch=epoch + 1, loss=f"{running / count:.3f}")
-                if step % 10 == 0 or step == total:
-                    run.losses.append((step, running / count))
-                    running, count = 0.0, 0
+                steps.take((torch.logsumexp(logits, 1)
+                            - torch.logsumexp(logits.masked_fill(~gold, -math.inf), 1)).mean(), epoch)
             if validation:
                 scores = validate()
                 run.validation.append({"epoch": epoch + 1, **scores})
@@ -246,8 +228,7 @@ def train_query_adapter(library, train: list[tuple[str, list[int]]], validation:
                 if scores["mrr"] > best[0]:
                     best = (scores["mrr"], epoch + 1, trainable())
     finally:
-        if progress_bar is not None:
-            progress_bar.close()
+        steps.close()
     if best is not None:
         run.best_epoch = best[1]
         model.load_state_dict(best[2], strict=False)

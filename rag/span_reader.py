@@ -109,12 +109,13 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(base_model_path())
 
 
-def read_manifest(directory: Path) -> dict:
+def read_manifest(directory: Path, kind: str = "span reader") -> dict:
+    """The manifest.json beside trained weights (a span reader's, or a query adapter's)."""
     path = Path(directory) / MANIFEST
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RagError(f"{path}: not a span reader's manifest ({exc})") from exc
+        raise RagError(f"{path}: not a {kind}'s manifest ({exc})") from exc
 
 
 def windows(tokenizer, questions: list[str], texts: list[str], max_length: int, stride: int):

