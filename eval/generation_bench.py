@@ -37,8 +37,8 @@ class GenerationBench:
 def _time_task(generator, context: str, cached: bool, restricted: bool) -> float:
     import torch
 
-    from rag.copying import restricted_logits
-    from rag.readers import _cached_prefix, examples, prompt_block
+    from rag.answer.copying import restricted_logits
+    from rag.answer.readers import _cached_prefix, examples, prompt_block
 
     tok, model = generator.tokenizer, generator.model
     allowed = tok(" " + context[:300], add_special_tokens=False)["input_ids"][:64]

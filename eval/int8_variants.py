@@ -32,7 +32,7 @@ import numpy as np
 
 from eval.beir import load_beir
 from eval.metrics import evaluate
-from rag.encoders import ONNX_FILE, OnnxEncoder, _session, attention_blocks, onnx_export_dir
+from rag.models.encoders import ONNX_FILE, OnnxEncoder, _session, attention_blocks, onnx_export_dir
 
 LAYER_PARTS = ("attention/output/dense", "intermediate/dense", "output/dense")
 

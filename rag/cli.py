@@ -113,8 +113,8 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
     import json
     import sys
 
-    from rag.ingest import ingest_paths
-    from rag.loaders import LoadOptions
+    from rag.ingest.loaders import LoadOptions
+    from rag.ingest.pipeline import ingest_paths
 
     options = LoadOptions(text_field=text_field, id_field=id_field, title_field=title_field,
                           text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else [])
@@ -172,9 +172,9 @@ def search(query, k, mode, where, as_json, cluster, allow_partial, model, data):
     import sys
 
     from rag.contract import search_json
-    from rag.locations import location_label
-    from rag.search import search as run_search
-    from rag.snippets import snippet
+    from rag.ingest.locations import location_label
+    from rag.search.ranking import search as run_search
+    from rag.search.snippets import snippet
 
     filters = _parse_where(where)
     with _library(data, model, cluster=cluster, allow_partial=allow_partial) as library:
@@ -361,10 +361,10 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
     import json
     import sys
 
-    from rag.answer import ask as run_ask
+    from rag.answer.pipeline import ask as run_ask
     from rag.contract import answer_json
-    from rag.locations import location_label
-    from rag.snippets import snippet
+    from rag.ingest.locations import location_label
+    from rag.search.snippets import snippet
 
     filters = _parse_where(where)
     live = not as_json and sys.stdout.isatty()
@@ -378,10 +378,10 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
 
     with _library(data, model, cluster=cluster, allow_partial=allow_partial) as library, \
             _missing_shards(library) as missing:
-        from rag.readers import DEFAULT_READER, NEEDS_GENERATOR
+        from rag.answer.readers import DEFAULT_READER, NEEDS_GENERATOR
 
         if generator == "local" and not as_json and ((reader or DEFAULT_READER) in NEEDS_GENERATOR or hyde):
-            from rag.generators import DEFAULT_MODEL_DIRNAME, model_cache_dir
+            from rag.models.generators import DEFAULT_MODEL_DIRNAME, model_cache_dir
 
             if not (model_cache_dir(library.data_dir) / DEFAULT_MODEL_DIRNAME / "config.json").exists():
                 click.echo("Converting the packaged Gemma 3 270M model once (about 2 minutes)...", err=True)
@@ -458,7 +458,7 @@ def tune_reader(dataset, validation_share, epochs, learning_rate, batch_size, ra
     import json
 
     from rag.errors import RagError
-    from rag.tuning import TuneConfig, tune_reader as run_tune
+    from rag.tune.reader import TuneConfig, tune_reader as run_tune
 
     config = TuneConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank,
                         alpha=2 * rank, negatives=negatives, validation_share=validation_share, seed=seed)
@@ -513,7 +513,7 @@ def tune_retriever(dataset, validation_share, epochs, learning_rate, batch_size,
     import json
 
     from rag.errors import RagError
-    from rag.retriever_tuning import RetrieverConfig, tune_retriever as run_tune
+    from rag.tune.retriever import RetrieverConfig, tune_retriever as run_tune
 
     config = RetrieverConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank,
                              alpha=2 * rank, validation_share=validation_share, seed=seed)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rag.answer import NOT_FOUND, ask
+from rag.answer.pipeline import NOT_FOUND, ask
 from rag.cli import main
 from rag.errors import RagError
-from rag.hyde import hyde_vector
-from rag.ingest import ingest_documents
+from rag.ingest.pipeline import ingest_documents
 from rag.library import open_library
 from rag.records import SourceDocument
+from rag.search.hyde import hyde_vector
 
 FACT = ("The Zorbanian capital city Quillport was founded in 1742 by the cartographer Ilsa Marrow. "
         "It is known for its blue salt mines, which supply most of the country's salt.")
@@ -48,7 +48,7 @@ def library(data_dir, encoder):
 
 
 def fact_passage_id(library) -> int:
-    from rag.search import search
+    from rag.search.ranking import search
 
     return search(library, "Quillport Ilsa Marrow", k=1, mode="keyword")[0].passage.id
 

@@ -109,7 +109,7 @@ def openapi():
 
 @bp.get("/api/search")
 def api_search():
-    from rag.search import search
+    from rag.search.ranking import search
 
     q = check_query(request.args.get("q"), "q")
     k = SEARCH_K.parse(request.args.get("k"))
@@ -130,8 +130,8 @@ class AskCancelled(Exception):
 
 def _ask(params: dict, on_token=None, on_status=None) -> Answer:
     """Load the generator if needed, then answer one question (one generation at a time)."""
-    from rag.answer import ask
-    from rag.readers import NEEDS_GENERATOR
+    from rag.answer.pipeline import ask
+    from rag.answer.readers import NEEDS_GENERATOR
 
     res = resources()
     generator = None
@@ -278,7 +278,7 @@ def _collection_name(value: str | None) -> str:
 def _ingest_upload(storage, collection: str) -> dict:
     """Save one uploaded file under a safe name in <data>/uploads/<collection>/ and ingest it like
     the CLI does. A file that fails leaves nothing behind (a replaced file comes back)."""
-    from rag.ingest import ingest_paths
+    from rag.ingest.pipeline import ingest_paths
 
     original = storage.filename or ""
     name = upload_name(original)

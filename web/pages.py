@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, render_template, request
 
 from rag.errors import RagError
-from rag.locations import location_label
+from rag.ingest.locations import location_label
 from rag.records import Passage
 
 bp = Blueprint("pages", __name__)

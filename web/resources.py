@@ -52,7 +52,7 @@ class Resources:
 
     def encoder_name(self) -> str:
         """The encoder's name without loading it when it is not loaded yet."""
-        from rag.encoders import DEFAULT_ENCODER
+        from rag.models.encoders import DEFAULT_ENCODER
 
         return self.model or DEFAULT_ENCODER
 
@@ -62,7 +62,7 @@ class Resources:
             return self._generator
         with self._generator_load_lock:
             if self._generator is None:
-                from rag.generators import load_generator
+                from rag.models.generators import load_generator
 
                 self.generator_loading = True
                 try:
@@ -82,7 +82,7 @@ class Resources:
         import importlib.util
         import os
 
-        from rag.generators import DEFAULT_MODEL_DIRNAME, GENERATORS, model_cache_dir
+        from rag.models.generators import DEFAULT_MODEL_DIRNAME, GENERATORS, model_cache_dir
 
         if self.generator_name not in GENERATORS and not os.path.isdir(os.path.expanduser(self.generator_name)):
             return "missing", f"generator model directory not found: {self.generator_name}"

@@ -21,12 +21,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from rag.chunking import Chunker, cap_spans
 from rag.errors import RagError
-from rag.loaders import LOADERS, LoadError, LoadOptions, load_bytes
-from rag.locations import locate
+from rag.ingest.chunking import Chunker, cap_spans
+from rag.ingest.loaders import LOADERS, LoadError, LoadOptions, load_bytes
+from rag.ingest.locations import locate
 from rag.records import SourceDocument
-from rag.store import NewDocument, passage_hash
+from rag.store.database import NewDocument, passage_hash
 
 # Passages gathered before one encode call: large enough for length-sorted batching to pay off.
 ENCODE_BATCH = 2048
@@ -426,7 +426,7 @@ def ingest_documents(library, docs: Iterable[SourceDocument], collection: str = 
                      overlap: int | None = None, encode_batch: int = ENCODE_BATCH) -> IngestReport:
     """Ingest in-memory records; the uri is the key (same uri and content: skipped; changed: replaced)."""
     if getattr(library, "is_cluster", False):
-        from rag.cluster import ingest_documents as on_cluster
+        from rag.cluster.library import ingest_documents as on_cluster
 
         return on_cluster(library, docs, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap)
     report = IngestReport()
@@ -454,8 +454,8 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
     """Ingest files and folders (``-`` reads stdin); bad files are reported and the rest go in.
     ``max_passages``: a file that would make more passages fails (the server's per-upload limit);
     ``encoders``: encoder actors on a cluster library (default: one per CPU of the cluster)."""
-    if getattr(library, "is_cluster", False):  # rag.cluster: encoder actors, then each file's shard
-        from rag.cluster import ingest_paths as on_cluster
+    if getattr(library, "is_cluster", False):  # rag.cluster.library: encoder actors, then each file's shard
+        from rag.cluster.library import ingest_paths as on_cluster
 
         return on_cluster(library, paths, collection=collection, include=include, exclude=exclude,
                           chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, options=options,

@@ -13,7 +13,7 @@ a document goes and how results merge:
   and each source is written by its shard actor through ``Library.write_source`` (one transaction
   per source: the same crash guarantees as on one machine; a re-run finishes what a crash left);
 - search: dense asks every shard for its top k and merges by cosine score (comparable by
-  construction); keyword rescoring uses global BM25 statistics (rag.bm25); hybrid fuses those two
+  construction); keyword rescoring uses global BM25 statistics (rag.search.bm25); hybrid fuses those two
   global rankings exactly as one store does. Filters apply on every shard before its top k.
 
 The encoders are a plain pool of Ray actors rather than a Ray Data pipeline: a batch of files is read,
@@ -176,7 +176,7 @@ class ShardActor:
         return out
 
     def prune(self, roots: list[str]) -> int:
-        from rag.ingest import prune_missing
+        from rag.ingest.pipeline import prune_missing
 
         return prune_missing(self.library, roots)
 
@@ -185,7 +185,7 @@ class ShardActor:
 
 
 class _ChunkOnly:
-    """What rag.ingest's chunker needs of a library inside an encoder actor: the encoder. Content is
+    """What rag.ingest.pipeline's chunker needs of a library inside an encoder actor: the encoder. Content is
     not looked up across shards (a shard's store still keeps identical content once, Store._insert)."""
 
     def __init__(self, encoder):
@@ -204,7 +204,7 @@ class EncoderActor:
     """One encoder model per actor: reads, parses and chunks a batch of sources, then encodes them."""
 
     def __init__(self, model: str | None, encoder_backend: str, cache_dir: str, shards: list, threads: int = 1):
-        from rag.encoders import load_encoder
+        from rag.models.encoders import load_encoder
 
         if encoder_backend == "torch":
             import torch
@@ -219,8 +219,8 @@ class EncoderActor:
 
     def _sources(self, items: list, collection: str, settings: dict) -> Iterator:
         """Source, (path, reason) for a failure, or (key,) for an unchanged source."""
-        from rag.ingest import _parse, read_source, record_source
-        from rag.loaders import LoadError
+        from rag.ingest.loaders import LoadError
+        from rag.ingest.pipeline import _parse, read_source, record_source
 
         for item in items:
             if isinstance(item, SourceDocument):
@@ -242,7 +242,7 @@ class EncoderActor:
 
     def prepare(self, items: list, collection: str, settings: dict) -> tuple[list, float]:
         """([("failed", path, reason) | ("skipped", key) | ("source", shard, key, hash, docs)], encode seconds)."""
-        from rag.ingest import IngestReport, _Ingester
+        from rag.ingest.pipeline import IngestReport, _Ingester
 
         key = (collection, settings["chunk_tokens"], settings["overlap"], settings["max_passages"])
         if key not in self._ingesters:
@@ -291,9 +291,9 @@ _ENCODER_OPTIONS = dict(num_cpus=1, max_restarts=-1, max_task_retries=2)
 
 
 class ClusterLibrary:
-    """The methods the CLI, the web app and rag.search use on a Library, over N shard actors."""
+    """The methods the CLI, the web app and rag.search.ranking use on a Library, over N shard actors."""
 
-    is_cluster = True  # rag.ingest hands a cluster library's ingests to its encoder actors
+    is_cluster = True  # rag.ingest.pipeline hands a cluster library's ingests to its encoder actors
 
     def __init__(self, data: Path, manifest: Manifest, encoder=None, allow_partial: bool = False):
         self.data_dir = data
@@ -416,8 +416,8 @@ class ClusterLibrary:
         """The query encoder, in this process (loaded on first use)."""
         with self._lock:
             if self._encoder is None:
-                from rag.encoders import load_encoder
-                from rag.generators import model_cache_dir
+                from rag.models.encoders import load_encoder
+                from rag.models.generators import model_cache_dir
 
                 self._encoder = load_encoder(self.manifest.encoder_path, self.encoder_backend,
                                              cache_dir=model_cache_dir(self.data_dir))
@@ -541,8 +541,8 @@ class ClusterLibrary:
         return merged[:n]
 
     def keyword_search(self, query: str, k: int, where: dict[str, str] | None = None) -> list[tuple[int, float]]:
-        """BM25 with the whole cluster's statistics (rag.bm25): one store's ranking and scores."""
-        from rag.bm25 import global_ranking
+        """BM25 with the whole cluster's statistics (rag.search.bm25): one store's ranking and scores."""
+        from rag.search.bm25 import global_ranking
 
         args = {s: (query, k, w) for s in range(self.n) if (w := self._where(where, s)) is not False}
         evidence = self._gather("keyword_evidence", args)
@@ -572,7 +572,7 @@ class ClusterLibrary:
                 into["documents"] += c["documents"]
                 into["passages"] += c["passages"]
         total["collections"] = dict(sorted(total["collections"].items()))
-        from rag.span_reader import reader_status
+        from rag.models.span_reader import reader_status
 
         total.update(reader=reader_status(self.data_dir), backend=self.backend, encoder=self.manifest.encoder, dim=self.dim,
                      encoder_backend=self.encoder_backend, data_dir=str(self.data_dir),
@@ -621,10 +621,10 @@ class ClusterLibrary:
     def import_library(self, library, batch: int = 64):
         """Copy a one-machine library (documents, passages, locations and stored vectors) onto the shards,
         each source to its shard, without re-encoding; sources already there unchanged are skipped."""
-        from rag.encoders import backends_can_share_a_store
-        from rag.ingest import IngestReport
-        from rag.locations import Location
-        from rag.store import NewDocument
+        from rag.ingest.locations import Location
+        from rag.ingest.pipeline import IngestReport
+        from rag.models.encoders import backends_can_share_a_store
+        from rag.store.database import NewDocument
 
         info = library.stats()
         if info["encoder"] and (info["encoder"] != self.manifest.encoder or info["dim"] != self.dim
@@ -669,8 +669,8 @@ class ClusterLibrary:
                report=None, prune_roots: list[str] | None = None):
         """Read, chunk and encode ``items`` (file paths or SourceDocuments) on a pool of encoder actors,
         then write each source on its shard; bad sources are reported and the rest go in."""
-        from rag.generators import model_cache_dir
-        from rag.ingest import IngestReport
+        from rag.ingest.pipeline import IngestReport
+        from rag.models.generators import model_cache_dir
 
         report = report or IngestReport()
         if not collection or not str(collection).strip():
@@ -732,9 +732,9 @@ def open_cluster_library(data: str | Path | None, address: str, shards: int | No
                          backend: str | None = None, encoder=None, encoder_backend: str | None = None,
                          create: bool = True, allow_partial: bool = False) -> ClusterLibrary:
     """Open (or, with ``create``, make) the cluster library in ``data`` on the Ray cluster at ``address``."""
-    from rag.encoders import DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, backends_can_share_a_store, load_encoder
-    from rag.generators import model_cache_dir
-    from rag.store import DB_NAME
+    from rag.models.encoders import DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, backends_can_share_a_store, load_encoder
+    from rag.models.generators import model_cache_dir
+    from rag.store.database import DB_NAME
 
     directory = resolve_data_dir(data)
     manifest = read_manifest(directory)
@@ -784,10 +784,10 @@ def ingest_paths(library: ClusterLibrary, paths: list[str], collection: str = "d
                  exclude=None, chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
                  options=None, max_bytes: int | None = None, default_excludes: bool = True,
                  max_passages: int | None = None, encoders: int | None = None, **_local_only):
-    """rag.ingest.ingest_paths on a cluster: the files must be readable where the encoder actors run
+    """rag.ingest.pipeline.ingest_paths on a cluster: the files must be readable where the encoder actors run
     (one machine, or a shared file system)."""
-    from rag.ingest import DEFAULT_MAX_BYTES, IngestReport, find_files
-    from rag.loaders import LoadOptions
+    from rag.ingest.loaders import LoadOptions
+    from rag.ingest.pipeline import DEFAULT_MAX_BYTES, IngestReport, find_files
 
     if not paths:
         raise RagError("nothing to ingest: give files, folders or - for stdin")
@@ -806,7 +806,7 @@ def ingest_paths(library: ClusterLibrary, paths: list[str], collection: str = "d
 def ingest_documents(library: ClusterLibrary, docs: Iterable[SourceDocument], collection: str = "default",
                      chunk_tokens: int | None = None, overlap: int | None = None, encoders: int | None = None,
                      **_local_only):
-    """rag.ingest.ingest_documents on a cluster: in-memory records, keyed by their uri."""
+    """rag.ingest.pipeline.ingest_documents on a cluster: in-memory records, keyed by their uri."""
     settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": None, "max_bytes": 0,
                 "max_passages": None}
     return library.ingest(list(docs), collection, settings, encoders=encoders)

@@ -463,7 +463,7 @@ def _max_seq_length(path: str, tokenizer) -> int:
 
 
 def _default_cache_dir() -> Path:
-    from rag.generators import model_cache_dir
+    from rag.models.generators import model_cache_dir
 
     return model_cache_dir()
 

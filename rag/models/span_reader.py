@@ -25,7 +25,7 @@ import numpy as np
 
 from rag.errors import RagError
 
-SHIPPED = Path(__file__).parent / "models" / "span-reader"
+SHIPPED = Path(__file__).parent / "span-reader"
 MANIFEST = "manifest.json"
 TUNED_DIR = ("models", "span-reader")  # under a data directory: what `rag tune reader` wrote
 MAX_ANSWER_TOKENS = 30
@@ -203,7 +203,7 @@ def export_onnx(directory: Path, target: Path) -> Path:
 
     import torch
 
-    from rag.encoders import fuse_transformer
+    from rag.models.encoders import fuse_transformer
 
     model = load_trained(directory, eager=True).eval()
     tokenizer = load_tokenizer()
@@ -276,7 +276,7 @@ class SpanReader:
         self.tokenizer = load_tokenizer()
         self.backend = backend
         if backend == "onnx":
-            from rag.generators import model_cache_dir
+            from rag.models.generators import model_cache_dir
 
             path = onnx_path(self.directory, cache_dir or model_cache_dir())
             if not path.is_file():
