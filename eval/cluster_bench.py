@@ -102,7 +102,6 @@ def records(docs: list[BeirDocument]) -> list[SourceDocument]:
 def measure_ingest(items: list[SourceDocument], root: Path, address: str, encoder, shards: int,
                    encoder_counts: list[int]) -> list[IngestRow]:
     """Local ingest, then the cluster ingest with each encoder count, each into a fresh directory."""
-    from rag.cluster.library import ingest_documents as cluster_ingest
     from rag.cluster.library import open_cluster_library
     from rag.ingest.pipeline import ingest_documents
     from rag.library import open_library
@@ -117,7 +116,7 @@ def measure_ingest(items: list[SourceDocument], root: Path, address: str, encode
         directory = root / f"ingest-cluster-{count}"
         shutil.rmtree(directory, ignore_errors=True)
         with open_cluster_library(directory, address, shards=shards, backend="flat", encoder=encoder) as library:
-            report = cluster_ingest(library, items, collection=COLLECTION, encoders=count)
+            report = library.ingest_documents(items, collection=COLLECTION, encoders=count)
         if report.failed:
             raise RagError(f"cluster ingest with {count} encoder actors failed for {report.failed} documents: "
                            + "; ".join(f"{p}: {r}" for p, r in report.failures[:3]))

@@ -40,11 +40,18 @@ def _library(data, model=None, backend=None, create=False, encoder_backend=None,
     """The data directory's library (sharded on Ray with ``cluster``), closed afterwards; a RagError becomes
     a clear message and exit 1. Only ``ingest`` (and ``serve``) may create a store."""
     from rag.errors import RagError
-    from rag.library import open_library
 
     try:
-        with open_library(data, model=model, backend=backend, create=create, encoder_backend=encoder_backend,
-                          cluster=cluster, shards=shards, allow_partial=allow_partial) as library:
+        if cluster:  # only then is Ray imported
+            from rag.cluster.library import open_cluster_library
+
+            opened = open_cluster_library(data, cluster, shards=shards, model=model, backend=backend,
+                                          encoder_backend=encoder_backend, create=create, allow_partial=allow_partial)
+        else:
+            from rag.library import open_library
+
+            opened = open_library(data, model=model, backend=backend, create=create, encoder_backend=encoder_backend)
+        with opened as library:
             yield library
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc

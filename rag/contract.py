@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rag.errors import RagError
 from rag.answer.readers import DEFAULT_READER  # noqa: F401  (the readers' module decides it)
+from rag.errors import RagError
 from rag.records import Answer, Document, Hit, Passage
 
 MODES = ("dense", "keyword", "hybrid")
@@ -65,6 +65,8 @@ class KRange:
 SEARCH_K = KRange(default=10, most=100)
 # The passages a reader is given; more no longer fit the generator's context.
 ASK_K = KRange(default=5, most=50)
+# Documents one page of GET /api/documents lists.
+LIST_LIMIT = KRange(default=100, most=1000)
 
 
 def readers() -> tuple[str, ...]:

@@ -37,11 +37,20 @@ LOCK_FILE = "index.lock"  # serialises saving and loading index/ between process
 CLUSTER_MANIFEST = "cluster.json"  # a cluster library's data directory (rag.cluster) holds this instead of a store
 
 
-def _default_backend() -> str:
+def default_backend() -> str:
+    """The vector index a new store gets: hnsw, else the first backend this machine has."""
     from indexes import available_backends
 
     names = available_backends()
     return DEFAULT_BACKEND if DEFAULT_BACKEND in names else names[0]
+
+
+def check_backend(name: str) -> None:
+    """Refuse an index backend this machine does not have, naming those it does."""
+    from indexes import available_backends
+
+    if name not in available_backends():
+        raise RagError(f"unknown index backend {name!r}; available: {', '.join(available_backends())}")
 
 
 class Library:
@@ -73,8 +82,8 @@ class Library:
         if encoder is not None:
             self._store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
         stored_backend = self._store.meta("backend")
-        self.backend = backend or stored_backend or _default_backend()
-        self._check_backend(self.backend)
+        self.backend = backend or stored_backend or default_backend()
+        check_backend(self.backend)
         if backend and stored_backend and backend != stored_backend:
             self._store.set_meta("backend", backend)  # the next index access rebuilds with it
         elif not stored_backend:
@@ -85,13 +94,6 @@ class Library:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    @staticmethod
-    def _check_backend(name: str) -> None:
-        from indexes import available_backends
-
-        if name not in available_backends():
-            raise RagError(f"unknown index backend {name!r}; available: {', '.join(available_backends())}")
 
     def _choose_encoder_backend(self, requested: str | None) -> str:
         """The store's recorded encoder back end unless another is asked for; an empty store records
@@ -276,7 +278,7 @@ class Library:
 
     def build_index(self, backend: str, **params):
         """A new, separate ``backend`` index over every stored embedding (evaluations compare these)."""
-        self._check_backend(backend)
+        check_backend(backend)
         return index_from_store(self._store, backend, self.dim, **params)
 
     def integrity(self) -> dict[str, int]:
@@ -418,7 +420,7 @@ class Library:
         """A fresh index of ``backend`` (default: the current one) from the stored embeddings."""
         with self.lock:
             if backend:
-                self._check_backend(backend)
+                check_backend(backend)
                 self.backend = backend
                 self._store.set_meta("backend", backend)
             generation, _ = self._store.passage_ids()
@@ -471,17 +473,11 @@ def index_from_store(store: Store, backend: str, dim: int, **params):
 
 
 def open_library(data: str | Path | None = None, model: str | None = None, backend: str | None = None,
-                 encoder=None, encoder_backend: str | None = None, create: bool = True,
-                 cluster: str | None = None, shards: int | None = None, allow_partial: bool = False):
+                 encoder=None, encoder_backend: str | None = None, create: bool = True) -> Library:
     """Open the data directory (``create=False``: it must already hold a store); ``encoder`` reuses an
     already-loaded model, ``encoder_backend`` (torch, onnx, onnx-int8) overrides the store's recorded one.
 
-    ``cluster`` (a Ray address, ``auto`` or ``local``) opens it as a sharded library on Ray instead
-    (rag.cluster.library, with the same methods); only then is Ray imported."""
-    if cluster:
-        from rag.cluster.library import open_cluster_library
-
-        return open_cluster_library(data, cluster, shards=shards, model=model, backend=backend, encoder=encoder,
-                                    encoder_backend=encoder_backend, create=create, allow_partial=allow_partial)
+    A library sharded over Ray opens with ``rag.cluster.library.open_cluster_library`` (same methods)
+    instead: the CLI's ``--cluster`` and the web app's CLUSTER choose it, so only they import Ray."""
     return Library(data, model=model, backend=backend, encoder=encoder, encoder_backend=encoder_backend,
                    create=create)

@@ -117,7 +117,7 @@ def _assert_same_results(library, single, query: str) -> None:
 
 
 def test_every_document_lands_on_its_shard_and_is_found(cluster_data, ray_address, encoder, corpus):
-    from rag.cluster.library import MANIFEST_FILE, shard_of
+    from rag.cluster.shards import MANIFEST_FILE, shard_of
 
     manifest = json.loads((cluster_data / MANIFEST_FILE).read_text())
     assert manifest["shards"] == 3 and manifest["backend"] == "flat"
@@ -181,7 +181,8 @@ def test_results_match_one_unsharded_library(tmp_path, ray_address, encoder, sin
 
 
 def test_changed_file_and_rm_reach_the_right_shard(tmp_path, ray_address, encoder, corpus):
-    from rag.cluster.library import open_cluster_library, shard_of
+    from rag.cluster.library import open_cluster_library
+    from rag.cluster.shards import shard_of
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -251,7 +252,7 @@ def test_a_killed_shard_recovers_and_a_dead_one_is_named(cluster_data, ray_addre
             hits = search(library, query, k=8, mode="dense")
         assert missing == [2]
         assert search_json(query, "dense", hits, missing)["partial"] is True
-        from rag.cluster.library import split_id
+        from rag.cluster.shards import split_id
 
         expected = [h.passage.id for h in full if split_id(h.passage.id, 3)[0] != 2]
         assert [h.passage.id for h in hits][:len(expected)] == expected
@@ -314,7 +315,8 @@ def test_without_cluster_ray_is_not_imported(single):
 
 
 def test_bad_manifest_and_shard_count_are_clear(tmp_path, cluster_data, ray_address, encoder):
-    from rag.cluster.library import MANIFEST_FILE, open_cluster_library
+    from rag.cluster.library import open_cluster_library
+    from rag.cluster.shards import MANIFEST_FILE
 
     for create in (False, True):  # neither read nor written as a one-machine library by mistake
         with pytest.raises(RagError, match="sharded over a Ray cluster"):

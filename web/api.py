@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.utils import secure_filename
 
-from rag.contract import (ASK_K, SEARCH_K, KRange, answer_json, check_mode, check_query, check_reader,
+from rag.contract import (ASK_K, LIST_LIMIT, SEARCH_K, answer_json, check_mode, check_query, check_reader,
                           document_json, parse_document_id, parse_where, passage_json, search_json)
 from rag.errors import RagError
 from rag.records import Answer
@@ -30,9 +30,7 @@ from web.security import write_endpoint
 bp = Blueprint("api", __name__)
 log = logging.getLogger("web")
 
-MAX_LIST = 1000
 UPLOAD_DIRNAME = "uploads"
-LIST_LIMIT = KRange(default=100, most=MAX_LIST)
 
 
 def resources():

@@ -39,11 +39,17 @@ class Resources:
         if self._library is None:
             with self._open_lock:
                 if self._library is None:
-                    from rag.library import open_library
+                    if self.cluster:  # only then is Ray imported
+                        from rag.cluster.library import open_cluster_library
 
-                    self._library = open_library(data=self.data_dir, model=self.model, backend=self.backend,
-                                                 encoder=self._encoder, cluster=self.cluster,
-                                                 allow_partial=self.allow_partial)
+                        self._library = open_cluster_library(self.data_dir, self.cluster, model=self.model,
+                                                             backend=self.backend, encoder=self._encoder,
+                                                             allow_partial=self.allow_partial)
+                    else:
+                        from rag.library import open_library
+
+                        self._library = open_library(data=self.data_dir, model=self.model, backend=self.backend,
+                                                     encoder=self._encoder)
         return self._library
 
     def preload(self) -> None:

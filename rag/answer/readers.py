@@ -221,7 +221,7 @@ def copy_sources(question: str, texts: list[str], tokenizer):
     return sources, prior, stop_prior
 
 
-def _cached_prefix(generator, prefix: str):
+def cached_prefix(generator, prefix: str):
     """The key/value cache of a fixed prompt prefix, computed once per generator and copied per use."""
     from transformers import DynamicCache
 
@@ -286,7 +286,7 @@ def read_with_prompt(question: str, hits: list[Hit], generator, encoder=None,
     tokenizer, body = generator.tokenizer, generator.model.model
     sources, prior, stop_prior = copy_sources(question, [s.text for s in evidence], tokenizer)
     with generator.session():
-        _, cache = _cached_prefix(generator, examples())
+        _, cache = cached_prefix(generator, examples())
         rest = tokenizer(task, add_special_tokens=False, return_tensors="pt")
         out = body(input_ids=rest["input_ids"], past_key_values=cache, use_cache=True)
 
@@ -402,7 +402,7 @@ def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = D
 
     tokenizer, model, body = generator.tokenizer, generator.model, generator.model.model
     suffix = tokenizer(_answer_block(question), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    p_len, shared = _cached_prefix(generator, examples(question_first=False))  # FiD: passages come first
+    p_len, shared = cached_prefix(generator, examples(question_first=False))  # FiD: passages come first
     s_len = suffix.shape[1]
     cap = fid_window(model) - p_len - s_len - max_new_tokens - 1
     if passage_tokens:

@@ -1,7 +1,8 @@
 """The same library sharded over a Ray cluster: N shards, each a whole ``Library`` owned by one Ray actor.
 
-Ray places and restarts the actors and moves the data; this module only says what a shard is, where
-a document goes and how results merge:
+Ray places and restarts the actors and moves the data; this package only says what a shard is, where
+a document goes (rag.cluster.shards), what the actors do (rag.cluster.actors) and, here, how a
+command's calls fan out to the shards and how their results merge:
 
 - a cluster library is a data directory holding ``cluster.json`` (shard count, encoder and its back
   end, vector backend, each shard's directory) and, by default, the shard directories under ``shards/``;
@@ -21,18 +22,16 @@ chunked and encoded where the model is loaded, and each result goes straight to 
 executor (and pandas, pyarrow) would add nothing but weight. Ray restarts a lost encoder actor and
 retries its batch.
 
-Nothing imports this module, and so Ray, unless a command is given ``--cluster``.
+Nothing imports this package, and so Ray, unless a command is given ``--cluster`` (the CLI's ``_library``,
+the web app's CLUSTER).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
-import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -40,92 +39,21 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from rag.cluster.actors import ENCODER_OPTIONS, SHARD_OPTIONS, EncoderActor, ShardActor
+from rag.cluster.shards import (
+    DEFAULT_SHARDS, MANIFEST_FILE, SHARDS_DIR, Manifest, global_id, read_manifest, shard_of, split_id, write_manifest,
+)
 from rag.config import data_dir as resolve_data_dir
 from rag.contract import as_document_id
 from rag.errors import RagError
-from rag.library import CLUSTER_MANIFEST as MANIFEST_FILE
+from rag.library import check_backend, default_backend
 from rag.records import Document, Passage, SourceDocument
 
-SHARDS_DIR = "shards"
-DEFAULT_SHARDS = 4
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # `--cluster local`: small, the machine also runs the models
 FILES_PER_TASK = 16  # files one encoder actor reads, chunks and encodes per call
 RECORDS_PER_TASK = 128  # in-memory records per call
 IN_FLIGHT = 2  # calls queued per encoder actor: one running, one waiting, so none idles between calls
 SHARD_TIMEOUT = 300.0  # seconds a shard may take to answer a read before it counts as down
-# Library methods a shard actor answers (reads, plus the writes that go to one shard)
-SHARD_METHODS = frozenset({
-    "passage_count", "passage_counts", "documents", "document", "find_document", "documents_by_id",
-    "document_text", "page_starts", "passages_of", "passages", "embeddings", "duplicate_of", "source_state",
-    "sources", "dense_search", "keyword_evidence", "stats", "integrity", "generation", "remove_document",
-    "save_index",
-})
-
-
-def shard_of(key: str, shards: int) -> int:
-    """The shard a source (file path or record uri) lives on: blake2b of the key, the same in every
-    process and on every machine (Python's hash() is salted per process)."""
-    digest = hashlib.blake2b(str(key).encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
-
-
-def global_id(local: int, shard: int, shards: int) -> int:
-    return int(local) * shards + shard
-
-
-def split_id(gid: int, shards: int) -> tuple[int, int]:
-    """A global id as (shard, local id)."""
-    return int(gid) % shards, int(gid) // shards
-
-
-# --- the manifest ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Manifest:
-    """What a cluster library is, so it can be stopped and reopened (``<data>/cluster.json``)."""
-
-    shards: int
-    encoder: str  # the encoder's name, as stores record it
-    encoder_path: str | None  # its directory; None for the packaged default model
-    encoder_backend: str
-    dim: int
-    backend: str  # vector index backend of every shard
-    shard_dirs: list[str] = field(default_factory=list)  # relative to the data directory, or absolute
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    version: int = 1
-
-    def shard_dir(self, data: Path, shard: int) -> Path:
-        return (data / self.shard_dirs[shard]).resolve()
-
-
-def read_manifest(data: Path) -> Manifest | None:
-    path = data / MANIFEST_FILE
-    if not path.exists():
-        return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RagError(f"{path}: cannot read the cluster manifest: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RagError(f"{path}: the cluster manifest must be a JSON object")
-    for name, kind in (("shards", int), ("encoder", str), ("encoder_backend", str), ("dim", int),
-                       ("backend", str), ("shard_dirs", list)):
-        if not isinstance(raw.get(name), kind):
-            raise RagError(f"{path}: field {name!r} is missing or not a {kind.__name__}")
-    if raw["shards"] < 1 or len(raw["shard_dirs"]) != raw["shards"]:
-        raise RagError(f"{path}: field 'shard_dirs' must list one directory per shard ({raw['shards']})")
-    known = {f for f in Manifest.__dataclass_fields__}
-    return Manifest(**{k: v for k, v in raw.items() if k in known})
-
-
-def write_manifest(data: Path, manifest: Manifest) -> None:
-    """Written to a temporary name and renamed: a crash leaves the old manifest or the new one."""
-    data.mkdir(parents=True, exist_ok=True)
-    path = data / MANIFEST_FILE
-    tmp = path.with_name(f".{MANIFEST_FILE}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- Ray ---------------------------------------------------------------------------------------------
@@ -147,131 +75,6 @@ def connect(address: str) -> None:
                        "or use --cluster local for this machine alone)") from exc
 
 
-class ShardActor:
-    """One shard: the ordinary Library over the shard's own data directory, in a Ray actor."""
-
-    def __init__(self, directory: str, backend: str, encoder: str, encoder_path: str | None, dim: int,
-                 encoder_backend: str):
-        from rag.library import Library
-
-        self.library = Library(directory, backend=backend, encoder_backend=encoder_backend)
-        self.library.record_encoder(encoder, dim, encoder_path)  # vectors come from the encoder actors
-
-    def call(self, method: str, *args):
-        if method not in SHARD_METHODS:
-            raise RagError(f"a shard does not answer {method!r}")
-        return getattr(self.library, method)(*args)
-
-    def write_sources(self, sources: list[tuple[str, str, list]]) -> list[tuple[str, bool, int, int, str | None]]:
-        """Each (key, hash, documents with vectors) in its own transaction:
-        (key, replaced, duplicates, passages, why it failed or None); one bad source does not stop the others."""
-        out = []
-        for key, digest, docs in sources:
-            try:
-                result = self.library.write_source(key, digest, docs)
-            except RagError as exc:
-                out.append((key, False, 0, 0, str(exc)))
-                continue
-            out.append((key, result.replaced, result.duplicates, len(result.added_ids), None))
-        return out
-
-    def prune(self, roots: list[str]) -> int:
-        from rag.ingest.pipeline import prune_missing
-
-        return prune_missing(self.library, roots)
-
-    def ping(self) -> bool:
-        return True
-
-
-class _ChunkOnly:
-    """What rag.ingest.pipeline's chunker needs of a library inside an encoder actor: the encoder. Content is
-    not looked up across shards (a shard's store still keeps identical content once, Store._insert)."""
-
-    def __init__(self, encoder):
-        self.encoder = encoder
-
-    def has_content(self, *_args, **_kwargs) -> bool:
-        return False
-
-    def vectors_of_texts(self, _hashes) -> dict:
-        """Nothing stored here: each distinct text of a batch is encoded once (the shard's store
-        then keeps one vector per text, Store._insert)."""
-        return {}
-
-
-class EncoderActor:
-    """One encoder model per actor: reads, parses and chunks a batch of sources, then encodes them."""
-
-    def __init__(self, model: str | None, encoder_backend: str, cache_dir: str, shards: list, threads: int = 1):
-        from rag.models.encoders import load_encoder
-
-        if encoder_backend == "torch":
-            import torch
-
-            torch.set_num_threads(max(1, threads))
-        self.encoder = load_encoder(model, encoder_backend, cache_dir=cache_dir, threads=threads)
-        self.shards = shards
-        self._ingesters: dict[tuple, object] = {}  # per chunking settings: its tokenizer copy is made once
-
-    def _state(self, key: str):
-        return ray.get(self.shards[shard_of(key, len(self.shards))].call.remote("source_state", key))
-
-    def _sources(self, items: list, collection: str, settings: dict) -> Iterator:
-        """Source, (path, reason) for a failure, or (key,) for an unchanged source."""
-        from rag.ingest.loaders import LoadError
-        from rag.ingest.pipeline import _parse, read_source, record_source
-
-        for item in items:
-            if isinstance(item, SourceDocument):
-                source = record_source(item)
-                if isinstance(source, tuple):
-                    yield source
-                else:
-                    yield (item.uri,) if self._state(source.key) == (source.hash, collection) else source
-                continue
-            try:
-                source, data = read_source(Path(item), settings["options"], settings["max_bytes"])
-            except LoadError as exc:
-                yield (str(item), str(exc))
-                continue
-            if self._state(source.key) == (source.hash, collection):
-                yield (source.key,)
-                continue
-            yield from _parse(str(item), data, source, settings["options"])
-
-    def prepare(self, items: list, collection: str, settings: dict) -> tuple[list, float]:
-        """([("failed", path, reason) | ("skipped", key) | ("source", shard, key, hash, docs)], encode seconds)."""
-        from rag.ingest.pipeline import IngestReport, _Ingester
-
-        key = (collection, settings["chunk_tokens"], settings["overlap"], settings["max_passages"])
-        if key not in self._ingesters:
-            self._ingesters[key] = _Ingester(_ChunkOnly(self.encoder), collection, settings["chunk_tokens"],
-                                             settings["overlap"], IngestReport(), progress=False,
-                                             max_passages=settings["max_passages"])
-        ingester = self._ingesters[key]
-        out, pending = [], []
-        for source in self._sources(items, collection, settings):
-            if isinstance(source, tuple):
-                out.append(("skipped", source[0]) if len(source) == 1 else ("failed", *source))
-                continue
-            try:
-                prepared = ingester.prepare(source)
-            except Exception as exc:  # one source the chunker cannot take must not stop the batch
-                prepared = (source.key, f"cannot chunk: {type(exc).__name__}: {exc}")
-            if isinstance(prepared, tuple):
-                out.append(("failed", *prepared))
-            else:
-                pending.append(prepared)
-        started = time.perf_counter()
-        ingester.assign_vectors(pending)
-        seconds = time.perf_counter() - started
-        for item in pending:
-            key = item.source.key
-            out.append(("source", shard_of(key, len(self.shards)), key, item.source.hash, item.docs))
-        return out, seconds
-
-
 def _reason(exc: Exception) -> str:
     """A dead actor's error in one line: the RagError its constructor raised (a bad store), else its type."""
     text = str(exc)
@@ -280,12 +83,6 @@ def _reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-# Restarted by Ray from their data directory when they die (a crash, a lost node); a call in flight
-# is retried on the new actor. Shards take no CPU slot: they wait on SQLite and the index, and on a
-# small cluster they must never keep the encoders from being scheduled.
-_SHARD_OPTIONS = dict(num_cpus=0, max_restarts=-1, max_task_retries=1, max_concurrency=8)
-_ENCODER_OPTIONS = dict(num_cpus=1, max_restarts=-1, max_task_retries=2)
-
 
 # --- the cluster library -----------------------------------------------------------------------------
 
@@ -293,7 +90,7 @@ _ENCODER_OPTIONS = dict(num_cpus=1, max_restarts=-1, max_task_retries=2)
 class ClusterLibrary:
     """The methods the CLI, the web app and rag.search.ranking use on a Library, over N shard actors."""
 
-    is_cluster = True  # rag.ingest.pipeline hands a cluster library's ingests to its encoder actors
+    is_cluster = True  # rag.ingest.pipeline hands a cluster library's ingests to its ingest_paths/ingest_documents
 
     def __init__(self, data: Path, manifest: Manifest, encoder=None, allow_partial: bool = False):
         self.data_dir = data
@@ -306,7 +103,7 @@ class ClusterLibrary:
         self._encoder = encoder
         self._lock = threading.RLock()
         self._local = threading.local()
-        remote = ray.remote(**_SHARD_OPTIONS)(ShardActor)
+        remote = ray.remote(**SHARD_OPTIONS)(ShardActor)
         self.shards = [remote.remote(str(manifest.shard_dir(data, i)), manifest.backend, manifest.encoder,
                                      manifest.encoder_path, manifest.dim, manifest.encoder_backend)
                        for i in range(self.n)]
@@ -680,7 +477,7 @@ class ClusterLibrary:
         size = RECORDS_PER_TASK if items and isinstance(items[0], SourceDocument) else FILES_PER_TASK
         batches = [items[i:i + size] for i in range(0, len(items), size)]
         count = encoders or max(1, min(int(ray.cluster_resources().get("CPU", 1)), len(batches)))
-        actor = ray.remote(**_ENCODER_OPTIONS)(EncoderActor)
+        actor = ray.remote(**ENCODER_OPTIONS)(EncoderActor)
         pool = [actor.remote(self.manifest.encoder_path, self.encoder_backend, str(model_cache_dir(self.data_dir)),
                              self.shards, 1) for _ in range(count if batches else 0)]
         running: dict = {}
@@ -727,6 +524,36 @@ class ClusterLibrary:
             report.seconds = time.perf_counter() - started
         return report
 
+    def ingest_paths(self, paths: list[str], collection: str = "default", include=None, exclude=None,
+                     chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
+                     options=None, max_bytes: int | None = None, default_excludes: bool = True,
+                     max_passages: int | None = None, encoders: int | None = None, **_local_only):
+        """rag.ingest.pipeline.ingest_paths on a cluster (it hands a cluster library's ingests here): the
+        files must be readable where the encoder actors run (one machine, or a shared file system)."""
+        from rag.ingest.loaders import LoadOptions
+        from rag.ingest.pipeline import DEFAULT_MAX_BYTES, IngestReport, find_files
+
+        if not paths:
+            raise RagError("nothing to ingest: give files, folders or - for stdin")
+        if "-" in paths:
+            raise RagError("stdin ('-') cannot be ingested into a cluster library: save it to a file first")
+        files, missing = find_files(list(paths), include, exclude, default_excludes)
+        report = IngestReport()
+        for path, reason in missing:
+            report.fail(path, reason)
+        settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": options or LoadOptions(),
+                    "max_bytes": max_bytes or DEFAULT_MAX_BYTES, "max_passages": max_passages}
+        return self.ingest([str(f) for f in files], collection, settings, encoders=encoders, report=report,
+                           prune_roots=[os.path.abspath(Path(p).expanduser()) for p in paths] if prune else None)
+
+    def ingest_documents(self, docs: Iterable[SourceDocument], collection: str = "default",
+                         chunk_tokens: int | None = None, overlap: int | None = None, encoders: int | None = None,
+                         **_local_only):
+        """rag.ingest.pipeline.ingest_documents on a cluster: in-memory records, keyed by their uri."""
+        settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": None, "max_bytes": 0,
+                    "max_passages": None}
+        return self.ingest(list(docs), collection, settings, encoders=encoders)
+
 
 def open_cluster_library(data: str | Path | None, address: str, shards: int | None = None, model: str | None = None,
                          backend: str | None = None, encoder=None, encoder_backend: str | None = None,
@@ -747,12 +574,8 @@ def open_cluster_library(data: str | Path | None, address: str, shards: int | No
                            "or run `rag ingest PATH --cluster ADDRESS` first")
         if shards is not None and shards < 1:
             raise RagError(f"--shards must be at least 1, got {shards}")
-        from rag.library import _default_backend
-
-        chosen_backend = backend or _default_backend()
-        from rag.library import Library
-
-        Library._check_backend(chosen_backend)
+        chosen_backend = backend or default_backend()
+        check_backend(chosen_backend)
         encoder = encoder or load_encoder(model, encoder_backend or DEFAULT_ENCODER_BACKEND,
                                           cache_dir=model_cache_dir(directory))
         count = shards or DEFAULT_SHARDS
@@ -771,42 +594,8 @@ def open_cluster_library(data: str | Path | None, address: str, shards: int | No
                            f"whose vectors differ from {encoder_backend}'s; use --encoder-backend "
                            f"{manifest.encoder_backend}, or another --data directory")
         if backend and backend != manifest.backend:
-            from rag.library import Library
-
-            Library._check_backend(backend)
+            check_backend(backend)
             manifest.backend = backend  # each shard's Library rebuilds its index with it on open
             write_manifest(directory, manifest)
     connect(address)
     return ClusterLibrary(directory, manifest, encoder=encoder, allow_partial=allow_partial)
-
-
-def ingest_paths(library: ClusterLibrary, paths: list[str], collection: str = "default", include=None,
-                 exclude=None, chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
-                 options=None, max_bytes: int | None = None, default_excludes: bool = True,
-                 max_passages: int | None = None, encoders: int | None = None, **_local_only):
-    """rag.ingest.pipeline.ingest_paths on a cluster: the files must be readable where the encoder actors run
-    (one machine, or a shared file system)."""
-    from rag.ingest.loaders import LoadOptions
-    from rag.ingest.pipeline import DEFAULT_MAX_BYTES, IngestReport, find_files
-
-    if not paths:
-        raise RagError("nothing to ingest: give files, folders or - for stdin")
-    if "-" in paths:
-        raise RagError("stdin ('-') cannot be ingested into a cluster library: save it to a file first")
-    files, missing = find_files(list(paths), include, exclude, default_excludes)
-    report = IngestReport()
-    for path, reason in missing:
-        report.fail(path, reason)
-    settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": options or LoadOptions(),
-                "max_bytes": max_bytes or DEFAULT_MAX_BYTES, "max_passages": max_passages}
-    return library.ingest([str(f) for f in files], collection, settings, encoders=encoders, report=report,
-                          prune_roots=[os.path.abspath(Path(p).expanduser()) for p in paths] if prune else None)
-
-
-def ingest_documents(library: ClusterLibrary, docs: Iterable[SourceDocument], collection: str = "default",
-                     chunk_tokens: int | None = None, overlap: int | None = None, encoders: int | None = None,
-                     **_local_only):
-    """rag.ingest.pipeline.ingest_documents on a cluster: in-memory records, keyed by their uri."""
-    settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": None, "max_bytes": 0,
-                "max_passages": None}
-    return library.ingest(list(docs), collection, settings, encoders=encoders)

