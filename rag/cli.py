@@ -307,15 +307,21 @@ def rm(keys, cluster, data):
 
 @main.command()
 @click.option("--index", "backend", default=None, help="Backend to rebuild with (default: the current one).")
+@cluster_option
 @data_option
-def reindex(backend, data):
+def reindex(backend, cluster, data):
     """Rebuild the vector index from the stored embeddings (no re-encoding); --index switches backend."""
     import time
 
-    with _library(data) as library:
+    with _library(data, cluster=cluster) as library:
         started = time.perf_counter()
-        index = library.rebuild_index(backend)
-        click.echo(f"{library.backend} index rebuilt: {len(index)} vectors in {time.perf_counter() - started:.1f} s")
+        if cluster:  # every shard rebuilds its own index
+            counts = library.rebuild_index(backend)
+            vectors, where = sum(counts.values()), f" on {len(counts)} shards"
+        else:
+            vectors, where = len(library.rebuild_index(backend)), ""
+        click.echo(f"{library.backend} index rebuilt{where}: {vectors} vectors in "
+                   f"{time.perf_counter() - started:.1f} s")
 
 
 @main.command()

@@ -180,6 +180,46 @@ def test_results_match_one_unsharded_library(tmp_path, ray_address, encoder, sin
             assert all(Path(h.document.path).name[0] <= "l" for h in ours)
 
 
+def test_reindex_rebuilds_every_shard_from_its_vectors(tmp_path, ray_address, encoder, single):
+    """`rag reindex --cluster`: each shard actor rebuilds its own index from its stored vectors (nothing is
+    encoded again); --index switches every shard and the manifest, and a shard Ray restarts keeps it."""
+    from click.testing import CliRunner
+
+    from rag.cli import main
+    from rag.cluster.library import open_cluster_library
+    from rag.cluster.shards import MANIFEST_FILE
+
+    data = tmp_path / "data"
+    with open_cluster_library(data, ray_address, shards=3, backend="flat", encoder=encoder) as library:
+        assert library.import_library(single).added == len(NOTES)
+        passages = library.passage_count()
+        want = {query: _view(search(library, query, k=5, mode="dense"))[0] for query in QUERIES}
+
+    def backends() -> set[str]:
+        """Each shard's saved index, as its state file records it."""
+        manifest = json.loads((data / MANIFEST_FILE).read_text())
+        return {manifest["backend"]} | {json.loads((data / d / "index" / "rag.json").read_text())["backend"]
+                                        for d in manifest["shard_dirs"]}
+
+    done = CliRunner().invoke(main, ["reindex", "--index", "hnsw", "--cluster", ray_address, "--data", str(data)])
+    assert done.exit_code == 0, done.output
+    assert f"hnsw index rebuilt on 3 shards: {passages} vectors" in done.output
+    assert backends() == {"hnsw"}
+    with _open(data, ray_address, encoder) as library:
+        assert library.backend == library.stats()["backend"] == "hnsw"
+        for query in QUERIES:
+            assert _view(search(library, query, k=5, mode="dense"))[0] == want[query]
+        counts = library.rebuild_index("flat")
+        assert sorted(counts) == [0, 1, 2] and sum(counts.values()) == passages
+        assert backends() == {"flat"}
+        ray.kill(library.shards[0], no_restart=False)  # restarted from its directory, with the new backend
+        assert _view(search(library, QUERIES[0], k=5, mode="dense"))[0] == want[QUERIES[0]]
+        assert backends() == {"flat"}
+        with pytest.raises(RagError, match="unknown index backend"):
+            library.rebuild_index("no-such-index")
+    assert backends() == {"flat"}
+
+
 def test_changed_file_and_rm_reach_the_right_shard(tmp_path, ray_address, encoder, corpus):
     from rag.cluster.library import open_cluster_library
     from rag.cluster.shards import shard_of

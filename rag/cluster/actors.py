@@ -60,6 +60,10 @@ class ShardActor:
             out.append((key, result.replaced, result.duplicates, len(result.added_ids), None))
         return out
 
+    def rebuild_index(self, backend: str | None, params: dict) -> int:
+        """``rag reindex`` on this shard: its index rebuilt from its stored vectors; how many it holds."""
+        return len(self.library.rebuild_index(backend, **params))
+
     def prune(self, roots: list[str]) -> int:
         from rag.ingest.pipeline import prune_missing
 

@@ -103,10 +103,14 @@ class ClusterLibrary:
         self._encoder = encoder
         self._lock = threading.RLock()
         self._local = threading.local()
+        self.shards = self._start_shards()
+
+    def _start_shards(self) -> list:
+        """One actor per shard, opening the shard's Library as the manifest says (as Ray restarts it)."""
         remote = ray.remote(**SHARD_OPTIONS)(ShardActor)
-        self.shards = [remote.remote(str(manifest.shard_dir(data, i)), manifest.backend, manifest.encoder,
-                                     manifest.encoder_path, manifest.dim, manifest.encoder_backend)
-                       for i in range(self.n)]
+        m = self.manifest
+        return [remote.remote(str(m.shard_dir(self.data_dir, i)), m.backend, m.encoder, m.encoder_path, m.dim,
+                              m.encoder_backend) for i in range(self.n)]
 
     def __enter__(self) -> "ClusterLibrary":
         return self
@@ -461,6 +465,29 @@ class ClusterLibrary:
 
     def save_index(self) -> None:
         self._gather("save_index", {s: () for s in range(self.n)}, retry=False)
+
+    def rebuild_index(self, backend: str | None = None, **params) -> dict[int, int]:
+        """Every shard's index rebuilt from its stored vectors (no re-encoding), with ``backend`` (default: the
+        current one) and ``params``; {shard: vectors it holds}. A new backend goes into the manifest and
+        the shard actors start again with it first, so one that Ray restarts later keeps it."""
+        if backend and backend != self.manifest.backend:
+            check_backend(backend)
+            self.manifest.backend = self.backend = backend
+            write_manifest(self.data_dir, self.manifest)
+            for actor in self.shards:
+                ray.kill(actor, no_restart=True)
+            self.shards = self._start_shards()
+        refs = [actor.rebuild_index.remote(self.backend, params) for actor in self.shards]
+        counts = {}
+        for shard, ref in enumerate(refs):
+            try:
+                counts[shard] = ray.get(ref)
+            except RayTaskError as exc:
+                raise self._unwrap(exc) from None
+            except RayActorError as exc:
+                raise RagError(f"shard {shard} of {self.n} ({self.shard_dir(shard)}) is down: its index was not "
+                               f"rebuilt ({_reason(exc)}); run the command again") from exc
+        return counts
 
     def ingest(self, items: list, collection: str, settings: dict, encoders: int | None = None,
                report=None, prune_roots: list[str] | None = None):
