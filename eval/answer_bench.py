@@ -79,7 +79,7 @@ def load_questions(path: str | Path = QUESTIONS) -> list[Question]:
 
 def grounded(answer, not_found: str) -> bool:
     """Every content word of the answer occurs in the passages it cites; a refusal asserts nothing."""
-    from rag.readers import content_words
+    from rag.answer.readers import content_words
 
     if answer.text == not_found:
         return True
@@ -155,9 +155,9 @@ def _fingerprint(path: Path, extra: str) -> str:
 
 def open_squad(path: str | Path, data_dir: Path, progress=None) -> AnswerDataset:
     """The SQuAD file's paragraphs in a store cached under <data>/eval/squad-<hash>/ (ingested once)."""
-    from rag.encoders import load_encoder, vectors_tag
-    from rag.ingest import ingest_documents
+    from rag.ingest.pipeline import ingest_documents
     from rag.library import open_library
+    from rag.models.encoders import load_encoder, vectors_tag
 
     dataset = load_squad(path)
     encoder = load_encoder()
@@ -183,8 +183,8 @@ def open_python_docs(questions_path: str | Path, data_dir: Path, docs_root: Path
                      progress=None) -> AnswerDataset:
     """JSONL questions over the Python documentation pages, ingested once into <data>/bench/answer/ (float32
     back ends) or <data>/bench/answer-onnx-int8-v<N>/."""
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, store_suffix
     from rag.library import open_library
+    from rag.models.encoders import DEFAULT_ENCODER_BACKEND, store_suffix
 
     questions = load_questions(questions_path)
     # a new int8 export gets its own store rather than a refusal of the old one
@@ -194,7 +194,7 @@ def open_python_docs(questions_path: str | Path, data_dir: Path, docs_root: Path
             library.close()
             raise RagError(f"the Python documentation is not at {docs_root}: install python3-doc (Debian) "
                            "or pass --docs")
-        from rag.ingest import ingest_paths
+        from rag.ingest.pipeline import ingest_paths
 
         paths = [str(docs_root / p) for p in PAGES if (docs_root / p).exists()]
         if progress:
@@ -217,8 +217,8 @@ def held_out(questions: list[Question], data_dir: Path, store_dir: Path | None =
     """The questions whose article neither the span reader (the data directory's tuned one, else the shipped
     one) nor the store's query adapter (`rag tune retriever`) trained on: no figure is reported on an
     article a model learned from."""
-    from rag.query_adapter import adapter_directory, read_manifest as adapter_manifest
-    from rag.span_reader import read_manifest, reader_directory
+    from rag.models.query_adapter import adapter_directory, read_manifest as adapter_manifest
+    from rag.models.span_reader import read_manifest, reader_directory
 
     manifests = [read_manifest(reader_directory(data_dir))]
     if store_dir is not None and (adapter_directory(store_dir) / "manifest.json").is_file():
@@ -254,8 +254,8 @@ def run(data_dir: Path, dataset_path: str | Path | None = None,
         hyde_options: tuple[bool, ...] = (False,), k: int = 5, mode: str = "hybrid", hyde_n: int = 2,
         generator: str = "local", docs_root: Path = DOCS_ROOT, limit: int | None = None,
         given: bool = False, progress=None) -> AnswerReport:
-    from rag.answer import NOT_FOUND, ask, resolve_generator
-    from rag.readers import NEEDS_GENERATOR, get_reader
+    from rag.answer.pipeline import NOT_FOUND, ask, resolve_generator
+    from rag.answer.readers import NEEDS_GENERATOR, get_reader
 
     for reader in readers:
         get_reader(reader)  # an unknown name fails before anything is ingested

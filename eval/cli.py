@@ -266,7 +266,7 @@ def generation(rounds, generator, data, as_json) -> None:
     from eval.generation_bench import format_table, run
     from rag.config import data_dir
     from rag.errors import RagError
-    from rag.generators import load_generator
+    from rag.models.generators import load_generator
 
     try:
         loaded = load_generator(generator, data_dir=data_dir(data))

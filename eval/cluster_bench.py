@@ -4,7 +4,7 @@ Two measurements:
 - ingest throughput (passages/s) of the local single-process ingest and of the cluster ingest with
   1, 2, ... encoder actors, on the same BEIR documents, each into a fresh directory;
 - retrieval quality and latency: the dataset's queries against one store and against an N-shard
-  cluster library holding the same documents, through the same ``rag.search.search`` the CLI and
+  cluster library holding the same documents, through the same ``rag.search.ranking.search`` the CLI and
   the web use: nDCG@10 per mode (dense must match exactly, keyword and hybrid within 0.005), the
   share of queries whose top 10 passages are the same, and search p50/p95 per query.
 Figures are only meaningful on an otherwise idle machine.
@@ -102,9 +102,8 @@ def records(docs: list[BeirDocument]) -> list[SourceDocument]:
 def measure_ingest(items: list[SourceDocument], root: Path, address: str, encoder, shards: int,
                    encoder_counts: list[int]) -> list[IngestRow]:
     """Local ingest, then the cluster ingest with each encoder count, each into a fresh directory."""
-    from rag.cluster import ingest_documents as cluster_ingest
-    from rag.cluster import open_cluster_library
-    from rag.ingest import ingest_documents
+    from rag.cluster.library import open_cluster_library
+    from rag.ingest.pipeline import ingest_documents
     from rag.library import open_library
 
     rows = []
@@ -117,7 +116,7 @@ def measure_ingest(items: list[SourceDocument], root: Path, address: str, encode
         directory = root / f"ingest-cluster-{count}"
         shutil.rmtree(directory, ignore_errors=True)
         with open_cluster_library(directory, address, shards=shards, backend="flat", encoder=encoder) as library:
-            report = cluster_ingest(library, items, collection=COLLECTION, encoders=count)
+            report = library.ingest_documents(items, collection=COLLECTION, encoders=count)
         if report.failed:
             raise RagError(f"cluster ingest with {count} encoder actors failed for {report.failed} documents: "
                            + "; ".join(f"{p}: {r}" for p, r in report.failures[:3]))
@@ -129,8 +128,8 @@ def measure_ingest(items: list[SourceDocument], root: Path, address: str, encode
 def _stores(items: list[SourceDocument], root: Path, address: str, encoder, shards: int):
     """One store over ``items`` (flat index: exact) and a cluster library holding the same passages and
     vectors (ClusterLibrary.import_library: copied, not encoded a second time); built once and reused."""
-    from rag.cluster import open_cluster_library
-    from rag.ingest import ingest_documents
+    from rag.cluster.library import open_cluster_library
+    from rag.ingest.pipeline import ingest_documents
     from rag.library import open_library
 
     marker = root / "built.json"
@@ -151,7 +150,7 @@ def _stores(items: list[SourceDocument], root: Path, address: str, encoder, shar
 
 def _run(library, dataset: BeirDataset, query_ids: list[str], mode: str):
     """{query: {beir id: score}}, {query: top-10 (path, passage order)}, seconds per query."""
-    from rag.search import search
+    from rag.search.ranking import search
 
     run, top, seconds = {}, {}, []
     for q in query_ids:
@@ -194,8 +193,8 @@ def run_cluster_bench(dataset_dir: str | Path, data: Path, address: str, shards:
                       ingest_documents: int = 1000, modes: list[str] | None = None, split: str = "test",
                       skip_ingest: bool = False, skip_quality: bool = False) -> ClusterReport:
     """Both measurements (see the module docstring); stores live under <data>/eval/cluster/."""
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, load_encoder, store_suffix
-    from rag.generators import model_cache_dir
+    from rag.models.encoders import DEFAULT_ENCODER_BACKEND, load_encoder, store_suffix
+    from rag.models.generators import model_cache_dir
 
     modes = list(modes or MODES)
     unknown = [m for m in modes if m not in MODES]
@@ -222,9 +221,9 @@ def run_cluster_bench(dataset_dir: str | Path, data: Path, address: str, shards:
             one.close()
             cluster.close()
         report.notes.append(f"quality: {len(docs):,} documents, {len(query_ids)} queries, flat index (exact), "
-                            f"{DEPTH} passages per query through rag.search.search, a document scored by its best "
+                            f"{DEPTH} passages per query through rag.search.ranking.search, a document scored by its best "
                             "passage; the cluster holds the one store's passages and vectors (import_library); "
-                            "keyword and hybrid merge shards with global BM25 statistics (rag.bm25); passages with exactly "
+                            "keyword and hybrid merge shards with global BM25 statistics (rag.search.bm25); passages with exactly "
                             "equal BM25 scores may come in another order than one store's (it breaks ties by "
                             "insertion order), which is all 'same top10' below 100% can show")
     return report

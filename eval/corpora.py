@@ -182,7 +182,7 @@ def encoded_passages(count: int, cache_dir: Path, encoder=None, chunk: int = 500
                 if len(texts) < count:
                     raise ValueError(f"only {len(texts)} real passages found on this machine, {count} asked for")
             if encoder is None:
-                from rag.encoders import load_encoder
+                from rag.models.encoders import load_encoder
 
                 encoder = load_encoder(backend="torch")  # the cache holds float32 vectors, whatever the default
             vectors = encoder.encode(texts[start:stop])

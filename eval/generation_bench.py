@@ -37,8 +37,8 @@ class GenerationBench:
 def _time_task(generator, context: str, cached: bool, restricted: bool) -> float:
     import torch
 
-    from rag.copying import restricted_logits
-    from rag.readers import _cached_prefix, examples, prompt_block
+    from rag.answer.copying import restricted_logits
+    from rag.answer.readers import cached_prefix, examples, prompt_block
 
     tok, model = generator.tokenizer, generator.model
     allowed = tok(" " + context[:300], add_special_tokens=False)["input_ids"][:64]
@@ -46,7 +46,7 @@ def _time_task(generator, context: str, cached: bool, restricted: bool) -> float
     with generator.session():
         task = tok(prompt_block(context, QUESTION), add_special_tokens=False, return_tensors="pt")["input_ids"]
         if cached:
-            _, cache = _cached_prefix(generator, examples())
+            _, cache = cached_prefix(generator, examples())
             out = model.model(input_ids=task, cache=cache, use_cache=True)
         else:
             prefix = tok(examples(), return_tensors="pt")["input_ids"]

@@ -7,7 +7,7 @@ count too); for Markdown the loader's headings; for a PDF its outline titles. A 
 passage's first line is where a passage should start, and does not count. The share reported is
 passages crossing at least one heading / all passages; ``headings inside`` counts each such line.
 
-Passages are cut exactly as `rag ingest` cuts them (rag.ingest.passage_spans, with the default
+Passages are cut exactly as `rag ingest` cuts them (rag.ingest.pipeline.passage_spans, with the default
 encoder's tokenizer, window and overlap, and the default excludes when walking the folder), but
 nothing is encoded: only parsing and chunking, seconds for a folder of tens of pages.
 """
@@ -55,7 +55,7 @@ def heading_texts(path: Path, data: bytes, doc) -> set[str]:
     if path.suffix.lower() in (".html", ".htm", ".xhtml"):
         from lxml import html as lxml_html
 
-        from rag.loaders import HEADING_TAGS
+        from rag.ingest.loaders import HEADING_TAGS
 
         try:
             tree = lxml_html.fromstring(data)
@@ -74,10 +74,10 @@ def measure(folder: str | Path, chunk_tokens: int | None = None, overlap: int | 
     """Passages crossing a heading in every file ``rag ingest FOLDER`` would read."""
     from types import SimpleNamespace
 
-    from rag.encoders import load_tokenizer
+    from rag.models.encoders import load_tokenizer
     from rag.errors import RagError
-    from rag.ingest import DEFAULT_OVERLAP, find_files, passage_spans, text_window
-    from rag.loaders import LoadError, load_bytes
+    from rag.ingest.pipeline import DEFAULT_OVERLAP, find_files, passage_spans, text_window
+    from rag.ingest.loaders import LoadError, load_bytes
 
     files, missing = find_files([str(folder)])
     if missing or not files:

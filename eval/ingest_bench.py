@@ -78,7 +78,7 @@ def sample_pages(count: int, docs: Path = PYTHON_DOCS) -> list[Path]:
 
 def encoder_inputs(library, paths: set[str] | None = None) -> list[str]:
     """Exactly what ingestion gave the encoder, rebuilt from the store (title prefix + passage)."""
-    from rag.ingest import encoder_input, text_window, title_prefix
+    from rag.ingest.pipeline import encoder_input, text_window, title_prefix
 
     encoder = library.encoder
     window = text_window(encoder)
@@ -99,7 +99,7 @@ def measure_throughput(encoder, pages: list[Path], backend: str, rounds: int = 4
     raw, so a change in machine load during the run hits both sides alike.
     """
     raw = raw or encoder
-    from rag.ingest import ingest_paths
+    from rag.ingest.pipeline import ingest_paths
     from rag.library import open_library
 
     totals = {"passages": 0, "ingest_seconds": 0.0, "encode_seconds_in_ingest": 0.0, "raw_seconds": 0.0}
@@ -133,9 +133,9 @@ def latency_store(data_dir: Path, encoder, backend: str, passages: int = 12_000)
 
     from eval.corpora import encoded_passages, real_passages
     from rag.library import open_library
-    from rag.store import NewDocument
+    from rag.store.database import NewDocument
 
-    from rag.encoders import store_suffix
+    from rag.models.encoders import store_suffix
 
     # float32 back ends share the torch vectors (and the store) of earlier runs; int8 has its own per export
     suffix = store_suffix(encoder.backend)
@@ -203,8 +203,8 @@ def measure_query_encoding(encoders: dict, queries: list[str], rounds: int = 3) 
 
 
 def measure_latency(library, queries: list[str], k: int = 10) -> dict[str, dict[str, float]]:
-    """Per mode: each query once after a warm-up, wall time of rag.search.search (query encoding included)."""
-    from rag.search import MODES, search
+    """Per mode: each query once after a warm-up, wall time of rag.search.ranking.search (query encoding included)."""
+    from rag.search.ranking import MODES, search
 
     for mode in MODES:  # warm caches, load the index
         search(library, queries[0], k=k, mode=mode)
@@ -223,8 +223,8 @@ def measure_latency(library, queries: list[str], k: int = 10) -> dict[str, dict[
 def run(data_dir: Path, pages: int = 150, backend: str = "hnsw", queries: int = len(QUERIES),
         skip_latency: bool = False, skip_throughput: bool = False, search_data: Path | None = None,
         latency_passages: int = 12_000, encoder_backend: str | None = None) -> IngestBench:
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, ENCODER_BACKENDS, load_encoder
-    from rag.generators import model_cache_dir
+    from rag.models.encoders import DEFAULT_ENCODER_BACKEND, ENCODER_BACKENDS, load_encoder
+    from rag.models.generators import model_cache_dir
 
     cache = model_cache_dir(data_dir)
     encoders = {name: load_encoder(backend=name, cache_dir=cache) for name in ENCODER_BACKENDS}

@@ -32,7 +32,7 @@ import numpy as np
 
 from eval.beir import load_beir
 from eval.metrics import evaluate
-from rag.encoders import ONNX_FILE, OnnxEncoder, _session, attention_blocks, onnx_export_dir
+from rag.models.encoders import ONNX_FILE, OnnxEncoder, attention_blocks, onnx_export_dir, onnx_session
 
 LAYER_PARTS = ("attention/output/dense", "intermediate/dense", "output/dense")
 
@@ -162,7 +162,7 @@ def encode_with(encoder: OnnxEncoder, model: Path, texts: list[str]) -> np.ndarr
     import copy
 
     other = copy.copy(encoder)
-    other._session = _session(model, 1)
+    other._session = onnx_session(model, 1)
     return other.encode(texts)
 
 

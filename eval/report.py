@@ -125,8 +125,8 @@ def ann_section(store, out_dir: Path, backends: list[str] | None = None, max_que
 def answer_section(data_dir: Path, questions: int, progress=None) -> tuple[Section, object | None]:
     """The answer evaluation (eval.answer_bench) on its Python-docs questions: every reader, when a generator loads."""
     from eval import answer_bench
-    from rag.generators import load_generator
-    from rag.readers import READERS
+    from rag.answer.readers import READERS
+    from rag.models.generators import load_generator
 
     title = "Answers (every reader, questions over the Python docs)"
     readers = tuple(READERS)

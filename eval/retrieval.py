@@ -3,8 +3,8 @@
 The corpus goes through the normal ingestion path into its own store, <data>/eval/<name>-<hash>/,
 named by a hash of corpus.jsonl and the encoder, so a second run reuses it. Each vector backend is
 built from the stored embeddings (and cached next to the store). Retrieval is the product's: the
-same index search, the same FTS5 BM25 query (rag.search.keyword_ranking) and the same fusion
-(rag.search.fuse, as rag.search.search does in hybrid mode), run in batches for speed.
+same index search, the same FTS5 BM25 query (rag.search.ranking.keyword_ranking) and the same fusion
+(rag.search.ranking.fuse, as rag.search.ranking.search does in hybrid mode), run in batches for speed.
 
 A document split into several passages is scored by its best passage (max-pooling), so PASSAGE_DEPTH
 passages are retrieved per query to leave at least the 100 distinct documents Recall@100 needs.
@@ -110,10 +110,10 @@ def open_eval_store(dataset: BeirDataset, data: str | Path | None, progress: boo
                     model: str | None = None, encoder_backend: str | None = None) -> EvalStore:
     """The dataset's store under <data>/eval/, one per encoder back end, ingested on first use and reused after."""
     from rag.config import data_dir
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, load_encoder, vectors_tag
-    from rag.generators import model_cache_dir
-    from rag.ingest import ingest_documents
+    from rag.ingest.pipeline import ingest_documents
     from rag.library import open_library
+    from rag.models.encoders import DEFAULT_ENCODER_BACKEND, load_encoder, vectors_tag
+    from rag.models.generators import model_cache_dir
 
     started = time.perf_counter()
     encoder = load_encoder(model, encoder_backend or DEFAULT_ENCODER_BACKEND, cache_dir=model_cache_dir(data))
@@ -237,8 +237,8 @@ def hyde_vectors(store: EvalStore, dataset: BeirDataset, query_ids: list[str], d
     Cached per query in the eval store (hyde-<generator>.json) with the seconds each one took, so a
     re-run costs nothing and still reports what HyDE costs.
     """
-    from rag.generators import load_generator
-    from rag.hyde import hyde_vector
+    from rag.models.generators import load_generator
+    from rag.search.hyde import hyde_vector
 
     generator = None
     cache_path = store.directory / f"hyde-{generator_name}.json"
@@ -268,8 +268,8 @@ def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] |
     """Every requested encoder back end x backend x mode (x HyDE off/on): nDCG@10, Recall@10/100,
     MRR@10, MAP@100, queries/s; each encoder back end has its own cached store."""
     from indexes import available_backends
-    from rag.encoders import DEFAULT_ENCODER_BACKEND, ENCODER_BACKENDS
-    from rag.search import MODES
+    from rag.models.encoders import DEFAULT_ENCODER_BACKEND, ENCODER_BACKENDS
+    from rag.search.ranking import MODES
 
     modes = list(modes or MODES)
     unknown = [m for m in modes if m not in MODES]
@@ -299,9 +299,9 @@ def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] |
         rows += more_rows
         notes += [f"[{encoder_backend}] {n}" if len(encoder_backends) > 1 else n for n in more_notes]
     if "hybrid" in modes:
-        from rag.search import RRF_K
+        from rag.search.ranking import RRF_K
 
-        notes.append(f"hybrid: reciprocal rank fusion (rag.search.fuse, k={RRF_K}) of the dense and keyword "
+        notes.append(f"hybrid: reciprocal rank fusion (rag.search.ranking.fuse, k={RRF_K}) of the dense and keyword "
                      f"rankings, {PASSAGE_DEPTH} passages deep each")
     notes.append("ingest documents/s per encoder back end: " + ", ".join(
         f"{k} {v:.1f}" if v else f"{k} unknown" for k, v in rates.items())
@@ -318,7 +318,7 @@ def evaluate_retrieval(dataset_dir: str | Path, data=None, backends: list[str] |
 def _evaluate_store(store: EvalStore, dataset: BeirDataset, query_ids: list[str], backends: list[str],
                     modes: list[str], hyde: bool, data, progress: bool):
     """The rows of one encoder back end's store: (rows, notes, HyDE seconds per query or None)."""
-    from rag.search import fuse, keyword_ranking
+    from rag.search.ranking import fuse, keyword_ranking
 
     library = store.library
     encoder_backend = library.encoder_backend

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rag.errors import RagError
 from rag.records import SourceDocument
-from rag.squad_metrics import contains, exact_match, f1_score, normalize_answer  # noqa: F401 (re-exported)
+from rag.tune.squad_metrics import contains, exact_match, f1_score, normalize_answer  # noqa: F401 (re-exported)
 
 
 @dataclass

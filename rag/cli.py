@@ -40,11 +40,18 @@ def _library(data, model=None, backend=None, create=False, encoder_backend=None,
     """The data directory's library (sharded on Ray with ``cluster``), closed afterwards; a RagError becomes
     a clear message and exit 1. Only ``ingest`` (and ``serve``) may create a store."""
     from rag.errors import RagError
-    from rag.library import open_library
 
     try:
-        with open_library(data, model=model, backend=backend, create=create, encoder_backend=encoder_backend,
-                          cluster=cluster, shards=shards, allow_partial=allow_partial) as library:
+        if cluster:  # only then is Ray imported
+            from rag.cluster.library import open_cluster_library
+
+            opened = open_cluster_library(data, cluster, shards=shards, model=model, backend=backend,
+                                          encoder_backend=encoder_backend, create=create, allow_partial=allow_partial)
+        else:
+            from rag.library import open_library
+
+            opened = open_library(data, model=model, backend=backend, create=create, encoder_backend=encoder_backend)
+        with opened as library:
             yield library
     except RagError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -113,8 +120,8 @@ def ingest(paths, collection, backend, chunk_tokens, overlap, include, exclude, 
     import json
     import sys
 
-    from rag.ingest import ingest_paths
-    from rag.loaders import LoadOptions
+    from rag.ingest.loaders import LoadOptions
+    from rag.ingest.pipeline import ingest_paths
 
     options = LoadOptions(text_field=text_field, id_field=id_field, title_field=title_field,
                           text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else [])
@@ -172,9 +179,9 @@ def search(query, k, mode, where, as_json, cluster, allow_partial, model, data):
     import sys
 
     from rag.contract import search_json
-    from rag.locations import location_label
-    from rag.search import search as run_search
-    from rag.snippets import snippet
+    from rag.ingest.locations import location_label
+    from rag.search.ranking import search as run_search
+    from rag.search.snippets import snippet
 
     filters = _parse_where(where)
     with _library(data, model, cluster=cluster, allow_partial=allow_partial) as library:
@@ -300,15 +307,21 @@ def rm(keys, cluster, data):
 
 @main.command()
 @click.option("--index", "backend", default=None, help="Backend to rebuild with (default: the current one).")
+@cluster_option
 @data_option
-def reindex(backend, data):
+def reindex(backend, cluster, data):
     """Rebuild the vector index from the stored embeddings (no re-encoding); --index switches backend."""
     import time
 
-    with _library(data) as library:
+    with _library(data, cluster=cluster) as library:
         started = time.perf_counter()
-        index = library.rebuild_index(backend)
-        click.echo(f"{library.backend} index rebuilt: {len(index)} vectors in {time.perf_counter() - started:.1f} s")
+        if cluster:  # every shard rebuilds its own index
+            counts = library.rebuild_index(backend)
+            vectors, where = sum(counts.values()), f" on {len(counts)} shards"
+        else:
+            vectors, where = len(library.rebuild_index(backend)), ""
+        click.echo(f"{library.backend} index rebuilt{where}: {vectors} vectors in "
+                   f"{time.perf_counter() - started:.1f} s")
 
 
 @main.command()
@@ -361,10 +374,10 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
     import json
     import sys
 
-    from rag.answer import ask as run_ask
+    from rag.answer.pipeline import ask as run_ask
     from rag.contract import answer_json
-    from rag.locations import location_label
-    from rag.snippets import snippet
+    from rag.ingest.locations import location_label
+    from rag.search.snippets import snippet
 
     filters = _parse_where(where)
     live = not as_json and sys.stdout.isatty()
@@ -378,10 +391,10 @@ def ask(question, k, mode, hyde, reader, generator, where, max_tokens, as_json, 
 
     with _library(data, model, cluster=cluster, allow_partial=allow_partial) as library, \
             _missing_shards(library) as missing:
-        from rag.readers import DEFAULT_READER, NEEDS_GENERATOR
+        from rag.answer.readers import DEFAULT_READER, NEEDS_GENERATOR
 
         if generator == "local" and not as_json and ((reader or DEFAULT_READER) in NEEDS_GENERATOR or hyde):
-            from rag.generators import DEFAULT_MODEL_DIRNAME, model_cache_dir
+            from rag.models.generators import DEFAULT_MODEL_DIRNAME, model_cache_dir
 
             if not (model_cache_dir(library.data_dir) / DEFAULT_MODEL_DIRNAME / "config.json").exists():
                 click.echo("Converting the packaged Gemma 3 270M model once (about 2 minutes)...", err=True)
@@ -473,7 +486,7 @@ def tune_reader(dataset, validation_share, epochs, learning_rate, batch_size, ra
     kept under DATA/tune/reader, so a stopped run resumes. The tuned reader goes into DATA/models and
     answers `rag ask`, the API and the page from then on.
     """
-    from rag.tuning import TuneConfig, tune_reader as run_tune
+    from rag.tune.reader import TuneConfig, tune_reader as run_tune
 
     config = TuneConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank,
                         alpha=2 * rank, negatives=negatives, validation_share=validation_share, seed=seed)
@@ -519,7 +532,7 @@ def tune_retriever(dataset, validation_share, epochs, learning_rate, batch_size,
     passage it names); stored passage vectors stay as they are, nothing is re-encoded. The adapter is
     installed in DATA/models only when it ranks the validation questions' passages better.
     """
-    from rag.retriever_tuning import RetrieverConfig, tune_retriever as run_tune
+    from rag.tune.retriever import RetrieverConfig, tune_retriever as run_tune
 
     config = RetrieverConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank,
                              alpha=2 * rank, validation_share=validation_share, seed=seed)

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rag.answer.readers import DEFAULT_READER  # noqa: F401  (the readers' module decides it)
 from rag.errors import RagError
-from rag.readers import DEFAULT_READER  # noqa: F401  (the readers' module decides it)
 from rag.records import Answer, Document, Hit, Passage
 
 MODES = ("dense", "keyword", "hybrid")
@@ -65,11 +65,13 @@ class KRange:
 SEARCH_K = KRange(default=10, most=100)
 # The passages a reader is given; more no longer fit the generator's context.
 ASK_K = KRange(default=5, most=50)
+# Documents one page of GET /api/documents lists.
+LIST_LIMIT = KRange(default=100, most=1000)
 
 
 def readers() -> tuple[str, ...]:
-    """Reader names, as registered in rag.readers (a new reader is one line there)."""
-    from rag.readers import READERS
+    """Reader names, as registered in rag.answer.readers (a new reader is one line there)."""
+    from rag.answer.readers import READERS
 
     return tuple(READERS)
 
@@ -163,8 +165,8 @@ def document_json(doc: Document, passages: int | None = None) -> dict:
 
 def matched_terms(query: str, text: str) -> list[str]:
     """The query's words found in the text: a word matches when it starts with the term's stem,
-    the rule the CLI marks snippets by (rag.snippets)."""
-    from rag.snippets import query_terms, stem
+    the rule the CLI marks snippets by (rag.search.snippets)."""
+    from rag.search.snippets import query_terms, stem
 
     lowered = text.lower()
     return [term for term in query_terms(query) if re.search(r"(?<!\w)" + re.escape(stem(term)), lowered)]

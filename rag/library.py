@@ -23,12 +23,12 @@ from typing import Iterator
 import numpy as np
 
 from rag.config import data_dir as resolve_data_dir
-from rag.encoders import (
+from rag.models.encoders import (
     DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, EXPORT_VERSION, backends_can_share_a_store, check_encoder_backend,
 )
 from rag.errors import RagError
 from rag.records import Document, Passage
-from rag.store import DB_NAME, NewDocument, Store, WriteResult
+from rag.store.database import DB_NAME, NewDocument, Store, WriteResult
 
 DEFAULT_BACKEND = "hnsw"
 INDEX_DIR = "index"
@@ -37,11 +37,20 @@ LOCK_FILE = "index.lock"  # serialises saving and loading index/ between process
 CLUSTER_MANIFEST = "cluster.json"  # a cluster library's data directory (rag.cluster) holds this instead of a store
 
 
-def _default_backend() -> str:
+def default_backend() -> str:
+    """The vector index a new store gets: hnsw, else the first backend this machine has."""
     from indexes import available_backends
 
     names = available_backends()
     return DEFAULT_BACKEND if DEFAULT_BACKEND in names else names[0]
+
+
+def check_backend(name: str) -> None:
+    """Refuse an index backend this machine does not have, naming those it does."""
+    from indexes import available_backends
+
+    if name not in available_backends():
+        raise RagError(f"unknown index backend {name!r}; available: {', '.join(available_backends())}")
 
 
 class Library:
@@ -65,7 +74,7 @@ class Library:
         stored_path = self._store.meta("encoder_path") if self._store.meta("encoder") != DEFAULT_ENCODER else None
         self._model = model or stored_path  # a store built with another model reopens with it
         self._encoder = encoder
-        self._query_encoder = None  # (adapter manifest's mtime, encoder or None): rag.query_adapter
+        self._query_encoder = None  # (adapter manifest's mtime, encoder or None): rag.models.query_adapter
         self._index = None
         self._synced = -1  # the store generation the in-memory index reflects
         self.lock = threading.RLock()
@@ -73,8 +82,8 @@ class Library:
         if encoder is not None:
             self._store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
         stored_backend = self._store.meta("backend")
-        self.backend = backend or stored_backend or _default_backend()
-        self._check_backend(self.backend)
+        self.backend = backend or stored_backend or default_backend()
+        check_backend(self.backend)
         if backend and stored_backend and backend != stored_backend:
             self._store.set_meta("backend", backend)  # the next index access rebuilds with it
         elif not stored_backend:
@@ -86,16 +95,9 @@ class Library:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @staticmethod
-    def _check_backend(name: str) -> None:
-        from indexes import available_backends
-
-        if name not in available_backends():
-            raise RagError(f"unknown index backend {name!r}; available: {', '.join(available_backends())}")
-
     def _choose_encoder_backend(self, requested: str | None) -> str:
         """The store's recorded encoder back end unless another is asked for; an empty store records
-        the choice, a store with vectors refuses a back end whose vectors differ (rag.encoders.VECTOR_FAMILY)."""
+        the choice, a store with vectors refuses a back end whose vectors differ (rag.models.encoders.VECTOR_FAMILY)."""
         if requested:
             check_encoder_backend(requested)
         stored = self._store.meta("encoder_backend")
@@ -131,9 +133,9 @@ class Library:
         """Loaded on first use (searching a store by keyword never needs it)."""
         with self.lock:
             if self._encoder is None:
-                from rag.encoders import load_encoder
+                from rag.models.encoders import load_encoder
 
-                from rag.generators import model_cache_dir
+                from rag.models.generators import model_cache_dir
 
                 encoder = load_encoder(self._model, self.encoder_backend, cache_dir=model_cache_dir(self.data_dir))
                 self._store.check_encoder(encoder.name, encoder.dim, getattr(encoder, "path", None))
@@ -142,7 +144,7 @@ class Library:
 
     def query_vector(self, text: str, plain: np.ndarray | None = None) -> np.ndarray:
         """The vector dense search uses for a question: the tuned question encoder's where `rag tune retriever`
-        installed an adapter here (rag.query_adapter), else the encoder's (``plain``, when already encoded)."""
+        installed an adapter here (rag.models.query_adapter), else the encoder's (``plain``, when already encoded)."""
         encoder = self.query_encoder
         if encoder is None:
             return self.encoder.encode([text])[0] if plain is None else plain
@@ -152,7 +154,7 @@ class Library:
     def query_encoder(self):
         """The question encoder of the installed query adapter, or None; follows an adapter installed
         (or replaced) by another process, by its manifest's modification time."""
-        from rag.query_adapter import MANIFEST, adapter_directory, adapter_status, load_query_encoder
+        from rag.models.query_adapter import MANIFEST, adapter_directory, adapter_status, load_query_encoder
 
         manifest = adapter_directory(self.data_dir) / MANIFEST
         try:
@@ -164,7 +166,7 @@ class Library:
                 status = adapter_status(self.data_dir, self.encoder.name)
                 encoder = None
                 if status and status["usable"]:
-                    from rag.generators import model_cache_dir
+                    from rag.models.generators import model_cache_dir
 
                     encoder = load_query_encoder(manifest.parent, self.encoder.path, self.encoder_backend,
                                                  model_cache_dir(self.data_dir))
@@ -231,12 +233,12 @@ class Library:
         return self._store.keyword_search(query, k, where)
 
     def keyword_evidence(self, query: str, n: int, where: dict[str, str] | None = None):
-        """Top n by BM25 plus the statistics a global rescoring over several libraries needs (rag.bm25)."""
+        """Top n by BM25 plus the statistics a global rescoring over several libraries needs (rag.search.bm25)."""
         return self._store.keyword_evidence(query, n, where)
 
     def dense_search(self, vector: np.ndarray, n: int, where: dict[str, str] | None = None) -> list[tuple[int, float]]:
         """Top n (passage id, cosine similarity) for a query vector (dim,), filters applied before the top n."""
-        from rag.search import vector_ranking
+        from rag.search.ranking import vector_ranking
 
         return vector_ranking(self, np.asarray(vector, dtype=np.float32).reshape(-1), n, where)
 
@@ -248,7 +250,7 @@ class Library:
         return self._store.with_repeats(ranked, n, allowed)
 
     def vectors_of_texts(self, hashes) -> dict[str, np.ndarray]:
-        """Stored vectors by text hash (rag.store.passage_hash): what ingestion need not encode again."""
+        """Stored vectors by text hash (rag.store.database.passage_hash): what ingestion need not encode again."""
         return self._store.vectors_of_texts(hashes)
 
     def source_state(self, source: str) -> tuple[str, str] | None:
@@ -276,7 +278,7 @@ class Library:
 
     def build_index(self, backend: str, **params):
         """A new, separate ``backend`` index over every stored embedding (evaluations compare these)."""
-        self._check_backend(backend)
+        check_backend(backend)
         return index_from_store(self._store, backend, self.dim, **params)
 
     def integrity(self) -> dict[str, int]:
@@ -298,7 +300,7 @@ class Library:
 
     def reader_status(self) -> dict:
         """The span reader this library answers with: the one `rag tune reader` recorded here, else the shipped one."""
-        from rag.span_reader import reader_status
+        from rag.models.span_reader import reader_status
 
         status = reader_status(self.data_dir)
         recorded = self._store.meta("span_reader")
@@ -308,7 +310,7 @@ class Library:
 
     def retriever_status(self) -> dict:
         """How questions are encoded for dense search: plainly, or through the query adapter tuned here."""
-        from rag.query_adapter import adapter_status
+        from rag.models.query_adapter import adapter_status
 
         recorded = self._store.meta("query_adapter")
         status = adapter_status(self.data_dir, self._store.meta("encoder"))
@@ -418,7 +420,7 @@ class Library:
         """A fresh index of ``backend`` (default: the current one) from the stored embeddings."""
         with self.lock:
             if backend:
-                self._check_backend(backend)
+                check_backend(backend)
                 self.backend = backend
                 self._store.set_meta("backend", backend)
             generation, _ = self._store.passage_ids()
@@ -471,17 +473,11 @@ def index_from_store(store: Store, backend: str, dim: int, **params):
 
 
 def open_library(data: str | Path | None = None, model: str | None = None, backend: str | None = None,
-                 encoder=None, encoder_backend: str | None = None, create: bool = True,
-                 cluster: str | None = None, shards: int | None = None, allow_partial: bool = False):
+                 encoder=None, encoder_backend: str | None = None, create: bool = True) -> Library:
     """Open the data directory (``create=False``: it must already hold a store); ``encoder`` reuses an
     already-loaded model, ``encoder_backend`` (torch, onnx, onnx-int8) overrides the store's recorded one.
 
-    ``cluster`` (a Ray address, ``auto`` or ``local``) opens it as a sharded library on Ray instead
-    (rag.cluster, with the same methods); only then is Ray imported."""
-    if cluster:
-        from rag.cluster import open_cluster_library
-
-        return open_cluster_library(data, cluster, shards=shards, model=model, backend=backend, encoder=encoder,
-                                    encoder_backend=encoder_backend, create=create, allow_partial=allow_partial)
+    A library sharded over Ray opens with ``rag.cluster.library.open_cluster_library`` (same methods)
+    instead: the CLI's ``--cluster`` and the web app's CLUSTER choose it, so only they import Ray."""
     return Library(data, model=model, backend=backend, encoder=encoder, encoder_backend=encoder_backend,
                    create=create)

@@ -14,7 +14,7 @@ class SourceDocument:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     mtime: float | None = None
-    # where a person finds a passage again (rag.locations): character offset at which each page
+    # where a person finds a passage again (rag.ingest.locations): character offset at which each page
     # starts (PDF; page n at index n - 1), and (offset, text) of each heading (HTML, Markdown)
     page_starts: list[int] = field(default_factory=list)
     headings: list[tuple[int, str]] = field(default_factory=list)

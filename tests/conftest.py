@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from rag.encoders import load_encoder
+from rag.models.encoders import load_encoder
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,7 @@ def encoder(model_cache):
 @pytest.fixture(scope="session")
 def encoders(model_cache, encoder):
     """Every encoder back end, loaded once: name -> encoder."""
-    from rag.encoders import ENCODER_BACKENDS
+    from rag.models.encoders import ENCODER_BACKENDS
 
     return {name: encoder if name == encoder.backend else load_encoder(backend=name) for name in ENCODER_BACKENDS}
 
@@ -37,7 +37,7 @@ def encoders(model_cache, encoder):
 @pytest.fixture(scope="session")
 def generator(model_cache):
     """The real default generator (Gemma 3 270M); the first session on a machine converts it (~100 s)."""
-    from rag.generators import load_generator
+    from rag.models.generators import load_generator
 
     return load_generator("local")
 
@@ -45,7 +45,7 @@ def generator(model_cache):
 @pytest.fixture(scope="session")
 def notes_data_dir(tmp_path_factory, encoder):
     """Builds a data directory holding small text files (name -> text), ingested through the CLI's path."""
-    from rag.ingest import ingest_paths
+    from rag.ingest.pipeline import ingest_paths
     from rag.library import open_library
 
     def build(name: str, notes: dict[str, str]):

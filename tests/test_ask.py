@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rag.answer import NOT_FOUND, ask
+from rag.answer.pipeline import NOT_FOUND, ask
 from rag.cli import main
 from rag.errors import RagError
-from rag.hyde import hyde_vector
-from rag.ingest import ingest_documents
+from rag.ingest.pipeline import ingest_documents
 from rag.library import open_library
 from rag.records import SourceDocument
+from rag.search.hyde import hyde_vector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def library(data_dir, encoder):
 
 
 def fact_passage_id(library) -> int:
-    from rag.search import search
+    from rag.search.ranking import search
 
     return search(library, "Quillport Ilsa Marrow", k=1, mode="keyword")[0].passage.id
 

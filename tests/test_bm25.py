@@ -1,4 +1,4 @@
-"""Global BM25 (rag.bm25): rescoring a store's evidence reproduces FTS5's own bm25(), and split stores
+"""Global BM25 (rag.search.bm25): rescoring a store's evidence reproduces FTS5's own bm25(), and split stores
 rescored together rank as the one store holding everything. Real SQLite stores, no Ray."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from rag.bm25 import fts_totals, global_ranking, keyword_words, read_varint
-from rag.store import NewDocument, Store
+from rag.search.bm25 import fts_totals, global_ranking, keyword_words, read_varint
+from rag.store.database import NewDocument, Store
 
 TEXTS = [
     ("Lighthouses", "The Skerryvore lighthouse stands on a reef; its light_keeper kept the lamp burning."),
@@ -53,7 +53,7 @@ def test_totals_match_a_count_of_rows_and_tokens(whole):
 
 def _tokens(text: str) -> list[str]:
     """FTS5's tokens of ``text`` (a throwaway in-memory table)."""
-    from rag.bm25 import Tokens
+    from rag.search.bm25 import Tokens
 
     tokens = Tokens()
     with tokens.lock:

@@ -14,9 +14,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from rag.errors import RagError  # noqa: E402
-from rag.ingest import ingest_paths  # noqa: E402
+from rag.ingest.pipeline import ingest_paths  # noqa: E402
 from rag.library import open_library  # noqa: E402
-from rag.search import search  # noqa: E402
+from rag.search.ranking import search  # noqa: E402
 
 NOTES = {
     "lighthouse.txt": "The Skerryvore lighthouse stands on a reef off the west coast of Scotland. It was designed "
@@ -79,7 +79,7 @@ def single(tmp_path_factory, corpus, encoder):
 @pytest.fixture(scope="module")
 def cluster_data(tmp_path_factory, corpus, encoder, ray_address, model_cache) -> Path:
     """A three-shard cluster library over the files, ingested once (plus a damaged file that must fail alone)."""
-    from rag.cluster import open_cluster_library
+    from rag.cluster.library import open_cluster_library
 
     data = tmp_path_factory.mktemp("cluster") / "data"
     broken = corpus.parent / "broken"
@@ -93,7 +93,7 @@ def cluster_data(tmp_path_factory, corpus, encoder, ray_address, model_cache) ->
 
 
 def _open(data, address, encoder, **options):
-    from rag.cluster import open_cluster_library
+    from rag.cluster.library import open_cluster_library
 
     return open_cluster_library(data, address, encoder=encoder, create=False, **options)
 
@@ -117,7 +117,7 @@ def _assert_same_results(library, single, query: str) -> None:
 
 
 def test_every_document_lands_on_its_shard_and_is_found(cluster_data, ray_address, encoder, corpus):
-    from rag.cluster import MANIFEST_FILE, shard_of
+    from rag.cluster.shards import MANIFEST_FILE, shard_of
 
     manifest = json.loads((cluster_data / MANIFEST_FILE).read_text())
     assert manifest["shards"] == 3 and manifest["backend"] == "flat"
@@ -135,7 +135,7 @@ def test_every_document_lands_on_its_shard_and_is_found(cluster_data, ray_addres
             doc = library.find_document(str(corpus / name))
             assert library.document(doc.id).path == doc.path
             assert NOTES[name].split()[-1].rstrip(".") in library.document_text(doc.id)
-        from rag.answer import ask  # the answer pipeline runs unchanged on top of the cluster's search
+        from rag.answer.pipeline import ask  # the answer pipeline runs unchanged on top of the cluster's search
 
         answer = ask(library, "How many hives does the Marrowfield apiary keep?", k=3, reader="extract")
         assert answer.citations and answer.citations[0].hit.document.path == str(corpus / "apiary.txt")
@@ -149,7 +149,7 @@ def test_an_ingest_over_the_cluster_gives_one_librarys_results(tmp_path, ray_add
     """The same files encoded again by the cluster's encoder actors, in other company than the one
     library's ingest gave them (two groups instead of one batch of eight), get the very same vectors:
     every mode gives the one library's results exactly."""
-    from rag.cluster import open_cluster_library
+    from rag.cluster.library import open_cluster_library
 
     files = sorted(str(p) for p in corpus.iterdir())
     with open_cluster_library(tmp_path / "data", ray_address, shards=3, backend="flat", encoder=encoder) as library:
@@ -162,7 +162,7 @@ def test_an_ingest_over_the_cluster_gives_one_librarys_results(tmp_path, ray_add
 def test_results_match_one_unsharded_library(tmp_path, ray_address, encoder, single, corpus):
     """The one library's passages and vectors copied onto three shards (import_library: no re-encoding),
     then every mode and filter gives its results exactly."""
-    from rag.cluster import open_cluster_library
+    from rag.cluster.library import open_cluster_library
 
     with open_cluster_library(tmp_path / "data", ray_address, shards=3, backend="flat", encoder=encoder) as library:
         report = library.import_library(single)
@@ -180,8 +180,49 @@ def test_results_match_one_unsharded_library(tmp_path, ray_address, encoder, sin
             assert all(Path(h.document.path).name[0] <= "l" for h in ours)
 
 
+def test_reindex_rebuilds_every_shard_from_its_vectors(tmp_path, ray_address, encoder, single):
+    """`rag reindex --cluster`: each shard actor rebuilds its own index from its stored vectors (nothing is
+    encoded again); --index switches every shard and the manifest, and a shard Ray restarts keeps it."""
+    from click.testing import CliRunner
+
+    from rag.cli import main
+    from rag.cluster.library import open_cluster_library
+    from rag.cluster.shards import MANIFEST_FILE
+
+    data = tmp_path / "data"
+    with open_cluster_library(data, ray_address, shards=3, backend="flat", encoder=encoder) as library:
+        assert library.import_library(single).added == len(NOTES)
+        passages = library.passage_count()
+        want = {query: _view(search(library, query, k=5, mode="dense"))[0] for query in QUERIES}
+
+    def backends() -> set[str]:
+        """Each shard's saved index, as its state file records it."""
+        manifest = json.loads((data / MANIFEST_FILE).read_text())
+        return {manifest["backend"]} | {json.loads((data / d / "index" / "rag.json").read_text())["backend"]
+                                        for d in manifest["shard_dirs"]}
+
+    done = CliRunner().invoke(main, ["reindex", "--index", "hnsw", "--cluster", ray_address, "--data", str(data)])
+    assert done.exit_code == 0, done.output
+    assert f"hnsw index rebuilt on 3 shards: {passages} vectors" in done.output
+    assert backends() == {"hnsw"}
+    with _open(data, ray_address, encoder) as library:
+        assert library.backend == library.stats()["backend"] == "hnsw"
+        for query in QUERIES:
+            assert _view(search(library, query, k=5, mode="dense"))[0] == want[query]
+        counts = library.rebuild_index("flat")
+        assert sorted(counts) == [0, 1, 2] and sum(counts.values()) == passages
+        assert backends() == {"flat"}
+        ray.kill(library.shards[0], no_restart=False)  # restarted from its directory, with the new backend
+        assert _view(search(library, QUERIES[0], k=5, mode="dense"))[0] == want[QUERIES[0]]
+        assert backends() == {"flat"}
+        with pytest.raises(RagError, match="unknown index backend"):
+            library.rebuild_index("no-such-index")
+    assert backends() == {"flat"}
+
+
 def test_changed_file_and_rm_reach_the_right_shard(tmp_path, ray_address, encoder, corpus):
-    from rag.cluster import open_cluster_library, shard_of
+    from rag.cluster.library import open_cluster_library
+    from rag.cluster.shards import shard_of
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -251,7 +292,7 @@ def test_a_killed_shard_recovers_and_a_dead_one_is_named(cluster_data, ray_addre
             hits = search(library, query, k=8, mode="dense")
         assert missing == [2]
         assert search_json(query, "dense", hits, missing)["partial"] is True
-        from rag.cluster import split_id
+        from rag.cluster.shards import split_id
 
         expected = [h.passage.id for h in full if split_id(h.passage.id, 3)[0] != 2]
         assert [h.passage.id for h in hits][:len(expected)] == expected
@@ -314,7 +355,8 @@ def test_without_cluster_ray_is_not_imported(single):
 
 
 def test_bad_manifest_and_shard_count_are_clear(tmp_path, cluster_data, ray_address, encoder):
-    from rag.cluster import MANIFEST_FILE, open_cluster_library
+    from rag.cluster.library import open_cluster_library
+    from rag.cluster.shards import MANIFEST_FILE
 
     for create in (False, True):  # neither read nor written as a one-machine library by mistake
         with pytest.raises(RagError, match="sharded over a Ray cluster"):

@@ -13,13 +13,13 @@ from click.testing import CliRunner
 
 from eval.corpora import real_passages
 from rag.cli import main
-from rag.encoders import (DEFAULT_ENCODER, ENCODER_BACKENDS, EXPORT_VERSION, FLOAT_FFN_OUTPUT_LAYERS, INT8_ATTENTION_LAYERS,
+from rag.models.encoders import (DEFAULT_ENCODER, ENCODER_BACKENDS, EXPORT_VERSION, FLOAT_FFN_OUTPUT_LAYERS, INT8_ATTENTION_LAYERS,
                           INT8_FILE, ONNX_FILE, EncoderError, OnnxEncoder, attention_blocks, ffn_output_matmuls,
                           load_encoder, onnx_export_dir, vectors_tag)
 from rag.errors import RagError
-from rag.ingest import ingest_paths
+from rag.ingest.pipeline import ingest_paths
 from rag.library import open_library
-from rag.search import search
+from rag.search.ranking import search
 
 # Cosine against torch on real passages, (mean, worst) that each back end must reach. Measured on
 # 1,000 Python-docs passages: onnx 1.00000 / 1.00000 (to 5 places), onnx-int8 0.9972 / 0.9917.

@@ -103,7 +103,7 @@ def test_given_paragraph_needs_squad_data(tmp_path):
 
 
 def test_questions_on_articles_the_span_reader_trained_on_are_left_out(tmp_path, encoder):
-    from rag.span_reader import SHIPPED, read_manifest
+    from rag.models.span_reader import SHIPPED, read_manifest
 
     trained = read_manifest(SHIPPED)["train_groups"][0]
     dataset = tmp_path / "dev.json"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from eval.beir import DatasetError, load_beir
 from indexes import available_backends
 from rag.cli import main
-from rag.encoders import DEFAULT_ENCODER_BACKEND
+from rag.models.encoders import DEFAULT_ENCODER_BACKEND
 
 # Short abstracts on unrelated subjects: each query below names its subject in words only its
 # document uses, so every retriever must put that document first.

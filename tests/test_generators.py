@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rag.errors import RagError
-from rag.generators import (GeneratorError, OpenAIGenerator, cut_at_stop, load_generator, pick_tokens,
+from rag.models.generators import (GeneratorError, OpenAIGenerator, cut_at_stop, load_generator, pick_tokens,
                             stream_until_stop)
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import requests
 
-from rag.chunking import MAX_PASSAGE_CHARS
-from rag.ingest import ingest_documents, ingest_paths
+from rag.ingest.chunking import MAX_PASSAGE_CHARS
+from rag.ingest.loaders import load_bytes
+from rag.ingest.pipeline import ingest_documents, ingest_paths
 from rag.library import open_library
-from rag.loaders import load_bytes
 from rag.records import SourceDocument
 from web import create_app
 from web.server import CONNECTION_LIMIT, BackgroundServer

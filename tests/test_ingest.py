@@ -16,15 +16,15 @@ import pytest
 from click.testing import CliRunner
 
 from indexes import available_backends
-from rag.chunking import chunk
 from rag.cli import main
 from rag.errors import RagError
-from rag.ingest import ingest_documents, ingest_paths
+from rag.ingest.chunking import chunk
+from rag.ingest.loaders import LoadOptions
+from rag.ingest.pipeline import ingest_documents, ingest_paths
 from rag.library import open_library
-from rag.loaders import LoadOptions
 from rag.records import SourceDocument
-from rag.search import search
-from rag.store import Store
+from rag.search.ranking import search
+from rag.store.database import Store
 
 BACKEND = "hnsw" if "hnsw" in available_backends() else "flat"
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import pytest
 from test_eval_retrieval import write_dataset
 
 from eval.int8_variants import measure
-from rag.encoders import FLOAT_FFN_OUTPUT_LAYERS, INT8_ATTENTION_LAYERS
+from rag.models.encoders import FLOAT_FFN_OUTPUT_LAYERS, INT8_ATTENTION_LAYERS
 
 
 def test_variants_are_measured_against_float32(tmp_path, encoders, model_cache):

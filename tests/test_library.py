@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from indexes import available_backends
 from rag.cli import main
 from rag.errors import RagError
-from rag.ingest import ingest_documents, ingest_paths
+from rag.ingest.pipeline import ingest_documents, ingest_paths
 from rag.library import open_library
 from rag.records import SourceDocument
-from rag.search import search
+from rag.search.ranking import search
 
 REPO = Path(__file__).resolve().parent.parent
 TOPICS = ["glaciers", "volcanoes", "coral reefs", "deserts", "rainforests", "tundra", "estuaries", "caves",

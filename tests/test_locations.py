@@ -13,14 +13,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import PAGED_PDF_PAGES, PAGED_PDF_QUERY, write_paged_pdf
 
-from rag.chunking import Chunker, chunk
 from rag.cli import main
-from rag.ingest import ingest_paths
+from rag.ingest.chunking import Chunker, chunk
+from rag.ingest.loaders import join_pages, load_bytes
+from rag.ingest.locations import Location, heading_at, locate, location_label, markdown_headings, page_at
+from rag.ingest.pipeline import ingest_paths
 from rag.library import open_library
-from rag.loaders import join_pages, load_bytes
-from rag.locations import Location, heading_at, locate, location_label, markdown_headings, page_at
-from rag.search import search
-from rag.store import Store
+from rag.search.ranking import search
+from rag.store.database import Store
 from web import create_app
 
 MARKDOWN = """# Field guide
@@ -297,7 +297,7 @@ def test_an_old_store_is_upgraded_in_place(tmp_path, encoders):
     library = open_library(data, encoder=encoder)
     try:
         assert [c for c in columns(db, "passages") if c != "text_hash"][-3:] == ["page", "last_page", "heading"]
-        assert "text_hash" in columns(db, "passages")  # and the hash that repeated passages share (rag.store)
+        assert "text_hash" in columns(db, "passages")  # and the hash that repeated passages share (rag.store.database)
         assert columns(db, "documents")[-1] == "page_starts"
         old = library.passages([1])[1]
         assert old.text == note and (old.page, old.last_page, old.heading) == (None, None, None)

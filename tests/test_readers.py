@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from rag.copying import CopyConstraint
+from rag.answer.copying import CopyConstraint
+from rag.answer.evidence import answer_type, rank_sentences, split_sentences
 from rag.errors import RagError
-from rag.evidence import answer_type, rank_sentences, split_sentences
-from rag.readers import (
+from rag.answer.readers import (
     READERS, _answer_block, evidence_windows, examples, fid_start, get_reader, passage_block, read_extractive,
     read_with_fid, read_with_prompt, supported,
 )
@@ -58,7 +58,7 @@ def test_evidence_counts_the_passages_own_score(encoder):
                       ("Harbours", "Many harbours are known for their salt trade.")])
     question = "What is Quillport known for?"
     assert rank_sentences(question, hits, encoder)[0].n == 1
-    # A passage far from the question (its cosine, from rag.answer.relevance) pulls its sentences down.
+    # A passage far from the question (its cosine, from rag.answer.pipeline.relevance) pulls its sentences down.
     assert rank_sentences(question, hits, encoder, passage_scores=[-1.0, 0.9])[0].n == 2
 
 
@@ -99,7 +99,7 @@ SETS = ("Sets", "Curly braces or the set() function can be used to create sets. 
 
 
 def test_code_words_may_repeat_the_question():
-    from rag.evidence import code_end, is_code
+    from rag.answer.evidence import code_end, is_code
 
     text = "use set(), not {}; call os.path or max_size or set"
     at = {w: text.index(w) for w in ("set", "path", "max_size")}
@@ -183,7 +183,7 @@ def tiny_t5(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-    from rag.generators import load_generator
+    from rag.models.generators import load_generator
 
     words = sorted({w for _, text in DISTRACTORS + [("Quillport", FACT)] for w in (text + " " + _).split()}
                    | {"question:", "context:", "Context:", "Question:", "Answer:", "Who", "founded", "Quillport?"})
@@ -248,7 +248,7 @@ def test_streamed_pieces_are_the_answer(generator, encoder):
 
 
 def test_an_answer_may_not_end_inside_a_number(generator):
-    from rag.readers import copy_sources
+    from rag.answer.readers import copy_sources
 
     tokenizer = generator.tokenizer
     text = "It cost 1,500 dollars in 3.5 days."

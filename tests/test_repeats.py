@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from indexes import available_backends
 from rag.cli import main
-from rag.ingest import ingest_documents, ingest_paths
+from rag.ingest.pipeline import ingest_documents, ingest_paths
 from rag.library import open_library
 from rag.records import SourceDocument
-from rag.search import MODES, search
+from rag.search.ranking import MODES, search
 
 BACKEND = "hnsw" if "hnsw" in available_backends() else "flat"
 KESTREL = "Kestrels hover over open fields while hunting voles, facing into the wind and watching the grass below."

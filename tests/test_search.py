@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from indexes import available_backends
-from rag import search as search_module
 from rag.errors import RagError
-from rag.ingest import ingest_documents
+from rag.ingest.pipeline import ingest_documents
 from rag.library import open_library
 from rag.records import SourceDocument
-from rag.search import MODES, fuse, search
+from rag.search import ranking as search_module
+from rag.search.ranking import MODES, fuse, search
 
 BACKEND = "hnsw" if "hnsw" in available_backends() else "flat"
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rag.answer import NOT_FOUND, ask
+from rag.answer.evidence import answer_in_context
+from rag.answer.pipeline import NOT_FOUND, ask
+from rag.answer.readers import DEFAULT_READER
 from rag.cli import main
-from rag.evidence import answer_in_context
-from rag.readers import DEFAULT_READER
-from rag.span_reader import SHIPPED, SpanReader, best_span, load_span_reader, read_manifest, reader_directory
+from rag.models.span_reader import SHIPPED, SpanReader, best_span, load_span_reader, read_manifest, reader_directory
 
 PARAGRAPH = ("The Veltmoor orchestra was founded in 1902 by the conductor Anja Roos. It has 96 musicians "
              "and plays in the Glass Hall, which seats 2,400 people. Its first recording was made in 1931.")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rag.errors import RagError
-from rag.store import NewDocument, Store, keyword_query, passage_hash, where_sql
+from rag.store.database import NewDocument, Store, keyword_query, passage_hash, where_sql
 
 DIM = 8
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rag.chunking import chunk, section_ranges
+from rag.ingest.chunking import chunk, section_ranges
 from rag.cli import main
-from rag.ingest import ingest_paths, passage_spans, text_window
+from rag.ingest.pipeline import ingest_paths, passage_spans, text_window
 from rag.library import open_library
-from rag.loaders import load_bytes
-from rag.locations import locate, markdown_headings, outline_headings
+from rag.ingest.loaders import load_bytes
+from rag.ingest.locations import locate, markdown_headings, outline_headings
 
 LOREM = [
     "The harbour master keeps a ledger of every boat that enters the basin after dark",

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from rag.cli import main
 from rag.errors import RagError
-from rag.qa_data import load_qa, split_groups
-from rag.tuning import TuneConfig, train_reader
+from rag.tune.qa_data import load_qa, split_groups
+from rag.tune.reader import TuneConfig, train_reader
 
 from qa_fixture import PARAGRAPHS, QUESTIONS, write_fixture
 
@@ -51,7 +51,7 @@ def test_the_split_keeps_each_article_on_one_side(fixture_file):
 
 def test_tuning_on_the_fixture_answers_its_questions_through_the_library(fixture_file, tmp_path, encoder):
     """The CLI trains, installs the reader in the data directory and records it; `rag ask` then uses it."""
-    from rag.ingest import ingest_documents
+    from rag.ingest.pipeline import ingest_documents
     from rag.library import open_library
     from rag.records import SourceDocument
 
@@ -96,8 +96,8 @@ def _state(checkpoint: Path) -> int:
 
 def test_a_killed_run_resumes_from_its_checkpoint(fixture_file, tmp_path):
     out = tmp_path / "run"
-    script = (f"import sys; from pathlib import Path; from rag.qa_data import load_qa; "
-              f"from rag.tuning import TuneConfig, train_reader; d = load_qa({str(fixture_file)!r}); "
+    script = (f"import sys; from pathlib import Path; from rag.tune.qa_data import load_qa; "
+              f"from rag.tune.reader import TuneConfig, train_reader; d = load_qa({str(fixture_file)!r}); "
               f"train_reader(d, Path({str(out)!r}), TuneConfig(**{dict(FAST, epochs=30)!r}), d.groups(), [], bar=False)")
     process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

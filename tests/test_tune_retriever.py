@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from rag.cli import main
-from rag.retriever_tuning import gold_passages, rank_scores
+from rag.tune.retriever import gold_passages, rank_scores
 
 from qa_fixture import PARAGRAPHS, QUESTIONS, write_fixture
 
@@ -32,7 +32,7 @@ DISTRACTORS = {
 
 @pytest.fixture()
 def store(tmp_path, encoder) -> Path:
-    from rag.ingest import ingest_documents
+    from rag.ingest.pipeline import ingest_documents
     from rag.library import open_library
     from rag.records import SourceDocument
 
@@ -55,7 +55,7 @@ def _embeddings(data_dir: Path) -> bytes:
 def _dense_first_hits(data_dir: Path) -> int:
     """How many fixture questions have their own paragraph first in dense search."""
     from rag.library import Library
-    from rag.search import search
+    from rag.search.ranking import search
 
     with Library(data_dir, create=False) as library:
         return sum(search(library, q, k=1, mode="dense")[0].document.title == t for t, q, _ in QUESTIONS)
@@ -63,7 +63,7 @@ def _dense_first_hits(data_dir: Path) -> int:
 
 def test_the_gold_passages_are_those_holding_the_answer_in_its_context(store, tmp_path):
     from rag.library import Library
-    from rag.qa_data import load_qa
+    from rag.tune.qa_data import load_qa
 
     data = load_qa(write_fixture(tmp_path / "fixture.json"))
     with Library(store, create=False) as library:
@@ -142,7 +142,7 @@ def test_validation_measures_before_and_after_and_installs_only_what_is_better(s
 
 
 def test_questions_about_documents_not_in_the_store_are_refused_and_nothing_is_written(store, tmp_path):
-    from rag.store import DB_NAME
+    from rag.store.database import DB_NAME
 
     questions = tmp_path / "elsewhere.jsonl"
     questions.write_text("\n".join(json.dumps({"question": f"What is item {n}?", "answers": [f"gadget {n}"],
@@ -159,7 +159,7 @@ def test_questions_about_documents_not_in_the_store_are_refused_and_nothing_is_w
 
 def test_an_adapter_for_another_encoder_is_not_used(store, tmp_path):
     from rag.library import Library
-    from rag.query_adapter import MANIFEST, adapter_directory
+    from rag.models.query_adapter import MANIFEST, adapter_directory
 
     directory = adapter_directory(store)
     directory.mkdir(parents=True)

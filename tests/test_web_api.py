@@ -10,7 +10,7 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
-from rag.ingest import ingest_paths
+from rag.ingest.pipeline import ingest_paths
 from rag.library import open_library
 from web import create_app
 
@@ -486,7 +486,7 @@ def test_a_missing_generator_is_reported_and_search_still_works(data_dir, encode
 
 
 def test_ask_with_the_fid_reader(ask_client):
-    # HyDE through the API is the same `hyde` flag passed to rag.answer.ask; it is left to the answer
+    # HyDE through the API is the same `hyde` flag passed to rag.answer.pipeline.ask; it is left to the answer
     # tests because writing four hypothetical passages costs over a minute on a small CPU.
     response = ask_client.post("/api/ask", json={"question": "When was the Skerryvore lighthouse completed?",
                                                  "k": 2, "reader": "fid", "hyde": False})

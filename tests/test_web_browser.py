@@ -254,7 +254,7 @@ def pdf_data_dir(tmp_path_factory, encoder) -> Path:
     """A library holding one four-page PDF (page 2 blank)."""
     from conftest import write_paged_pdf
 
-    from rag.ingest import ingest_paths
+    from rag.ingest.pipeline import ingest_paths
     from rag.library import open_library
 
     root = tmp_path_factory.mktemp("web-pdf")

@@ -15,10 +15,11 @@ import requests
 from click.testing import CliRunner
 
 from rag.cli import main
-from rag.ingest import ingest_paths
+from rag.ingest.pipeline import ingest_paths
 from rag.library import open_library
 from web import create_app
-from web.server import BackgroundServer, check_bind_host, is_loopback
+from web.security import is_loopback
+from web.server import BackgroundServer, check_bind_host
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.utils import secure_filename
 
-from rag.contract import (ASK_K, SEARCH_K, KRange, answer_json, check_mode, check_query, check_reader,
+from rag.contract import (ASK_K, LIST_LIMIT, SEARCH_K, answer_json, check_mode, check_query, check_reader,
                           document_json, parse_document_id, parse_where, passage_json, search_json)
 from rag.errors import RagError
 from rag.records import Answer
@@ -30,9 +30,7 @@ from web.security import write_endpoint
 bp = Blueprint("api", __name__)
 log = logging.getLogger("web")
 
-MAX_LIST = 1000
 UPLOAD_DIRNAME = "uploads"
-LIST_LIMIT = KRange(default=100, most=MAX_LIST)
 
 
 def resources():
@@ -109,7 +107,7 @@ def openapi():
 
 @bp.get("/api/search")
 def api_search():
-    from rag.search import search
+    from rag.search.ranking import search
 
     q = check_query(request.args.get("q"), "q")
     k = SEARCH_K.parse(request.args.get("k"))
@@ -130,8 +128,8 @@ class AskCancelled(Exception):
 
 def _ask(params: dict, on_token=None, on_status=None) -> Answer:
     """Load the generator if needed, then answer one question (one generation at a time)."""
-    from rag.answer import ask
-    from rag.readers import NEEDS_GENERATOR
+    from rag.answer.pipeline import ask
+    from rag.answer.readers import NEEDS_GENERATOR
 
     res = resources()
     generator = None
@@ -278,7 +276,7 @@ def _collection_name(value: str | None) -> str:
 def _ingest_upload(storage, collection: str) -> dict:
     """Save one uploaded file under a safe name in <data>/uploads/<collection>/ and ingest it like
     the CLI does. A file that fails leaves nothing behind (a replaced file comes back)."""
-    from rag.ingest import ingest_paths
+    from rag.ingest.pipeline import ingest_paths
 
     original = storage.filename or ""
     name = upload_name(original)

@@ -2,7 +2,9 @@
 limits come from rag.contract, the same rules the API checks and the CLI offers."""
 from __future__ import annotations
 
-from rag.contract import ASK_K, DEFAULT_MODE, DEFAULT_READER, MAX_ID, MAX_QUERY_CHARS, MODES, SEARCH_K, readers
+from rag.contract import (
+    ASK_K, DEFAULT_MODE, DEFAULT_READER, LIST_LIMIT, MAX_ID, MAX_QUERY_CHARS, MODES, SEARCH_K, readers,
+)
 
 
 def _error(description: str) -> dict:
@@ -17,8 +19,6 @@ def _ok(description: str, schema: str) -> dict:
 
 def openapi_document() -> dict:
     """The description, with the live lists of modes and readers and the limits on k."""
-    from web.api import LIST_LIMIT
-
     modes = MODES
     k_schema = {"type": "integer", "minimum": 1, "maximum": SEARCH_K.most}
     query_schema = {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}

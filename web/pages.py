@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, render_template, request
 
 from rag.errors import RagError
-from rag.locations import location_label
+from rag.ingest.locations import location_label
 from rag.records import Passage
 
 bp = Blueprint("pages", __name__)
@@ -14,7 +14,7 @@ bp = Blueprint("pages", __name__)
 def index():
     from rag.contract import DEFAULT_MODE, DEFAULT_READER, MODES, SEARCH_K, readers
     from web.api import stats_json
-    from web.server import is_loopback
+    from web.security import is_loopback
 
     if is_loopback(current_app.config["BIND_HOST"]):
         stats = stats_json()

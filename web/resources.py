@@ -39,11 +39,17 @@ class Resources:
         if self._library is None:
             with self._open_lock:
                 if self._library is None:
-                    from rag.library import open_library
+                    if self.cluster:  # only then is Ray imported
+                        from rag.cluster.library import open_cluster_library
 
-                    self._library = open_library(data=self.data_dir, model=self.model, backend=self.backend,
-                                                 encoder=self._encoder, cluster=self.cluster,
-                                                 allow_partial=self.allow_partial)
+                        self._library = open_cluster_library(self.data_dir, self.cluster, model=self.model,
+                                                             backend=self.backend, encoder=self._encoder,
+                                                             allow_partial=self.allow_partial)
+                    else:
+                        from rag.library import open_library
+
+                        self._library = open_library(data=self.data_dir, model=self.model, backend=self.backend,
+                                                     encoder=self._encoder)
         return self._library
 
     def preload(self) -> None:
@@ -52,7 +58,7 @@ class Resources:
 
     def encoder_name(self) -> str:
         """The encoder's name without loading it when it is not loaded yet."""
-        from rag.encoders import DEFAULT_ENCODER
+        from rag.models.encoders import DEFAULT_ENCODER
 
         return self.model or DEFAULT_ENCODER
 
@@ -62,7 +68,7 @@ class Resources:
             return self._generator
         with self._generator_load_lock:
             if self._generator is None:
-                from rag.generators import load_generator
+                from rag.models.generators import load_generator
 
                 self.generator_loading = True
                 try:
@@ -82,7 +88,7 @@ class Resources:
         import importlib.util
         import os
 
-        from rag.generators import DEFAULT_MODEL_DIRNAME, GENERATORS, model_cache_dir
+        from rag.models.generators import DEFAULT_MODEL_DIRNAME, GENERATORS, model_cache_dir
 
         if self.generator_name not in GENERATORS and not os.path.isdir(os.path.expanduser(self.generator_name)):
             return "missing", f"generator model directory not found: {self.generator_name}"

@@ -15,12 +15,29 @@ The approach:
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from functools import wraps
 
 from flask import current_app, request
 
 from web.errors import ApiError
-from web.server import is_loopback
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback names and addresses (127.0.0.0/8, ::1), with or without a :port or [brackets]."""
+    host = host.strip()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # Served without the token even beyond loopback: they hold no library data.

@@ -1,30 +1,14 @@
-"""Serving the app with waitress: the bind-address rule and a server object tests and benchmarks can stop."""
+"""Serving the app with waitress: the bind-address rule and a server object tests and benchmarks can stop.
+(Whether a host is loopback is web.security's rule, which the Host check shares.)"""
 from __future__ import annotations
 
-import ipaddress
 import threading
 
 from flask import Flask
 from waitress.server import create_server
 
 from rag.errors import RagError
-
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
-
-
-def is_loopback(host: str) -> bool:
-    """True for loopback names and addresses (127.0.0.0/8, ::1), with or without a :port or [brackets]."""
-    host = host.strip()
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from web.security import is_loopback
 
 
 def check_bind_host(host: str, token: str | None) -> None:

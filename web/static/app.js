@@ -96,7 +96,7 @@ function showError(message) {
 
 const WORD = /[\p{L}\p{N}_]+/gu;
 
-// The stem rule of rag/snippets.py: a word matches a term when it starts with the term's stem.
+// The stem rule of rag/search/snippets.py: a word matches a term when it starts with the term's stem.
 function stem(term) {
   return term.length <= 4 ? term : term.slice(0, Math.max(4, term.length - 3));
 }
@@ -116,7 +116,7 @@ function appendMarked(parent, text, terms) {
   parent.append(text.slice(last));
 }
 
-// Where to find a passage again: "p. 3", "pp. 3–4", "§ Heading" (the rule of rag/locations.py).
+// Where to find a passage again: "p. 3", "pp. 3–4", "§ Heading" (the rule of rag/ingest/locations.py).
 function locationLabel(item) {
   const parts = [];
   if (item.page != null) {

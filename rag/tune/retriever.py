@@ -1,4 +1,4 @@
-"""`rag tune retriever`: train the query-side adapter (rag.query_adapter) on question -> passage pairs.
+"""`rag tune retriever`: train the query-side adapter (rag.models.query_adapter) on question -> passage pairs.
 
 The pairs come from the user's own store: a question's positives are the stored passages that hold
 one of its answers and lie in its context (most of the passage's 5-word shingles are the context's),
@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from rag.errors import RagError
-from rag.qa_data import QAExample
+from rag.tune.qa_data import QAExample
 
 SHINGLE = 5  # words
 CONTEXT_SHARE = 0.5  # of a passage's shingles that must be its question's context's
@@ -126,7 +126,7 @@ def exact_rankings(query_vectors: np.ndarray, ids: np.ndarray, vectors: np.ndarr
 
 def search_rankings(library, questions: list[str], query_vectors: np.ndarray, mode: str) -> list[list[int]]:
     """What the product's search returns (the library's index; BM25 fused for hybrid) for each question."""
-    from rag.search import search
+    from rag.search.ranking import search
 
     return [[h.passage.id for h in search(library, q, k=DEPTH, mode=mode, query_vector=v)]
             for q, v in zip(questions, query_vectors)]
@@ -152,7 +152,7 @@ def candidate_pool(library, ids: np.ndarray, questions: list[str], golds: list[l
     """Row numbers (into the store's vectors) scored in each step: every row when they fit in ``pool``."""
     if len(ids) <= config.pool:
         return np.arange(len(ids))
-    from rag.search import dense_ranking, keyword_ranking
+    from rag.search.ranking import dense_ranking, keyword_ranking
 
     chosen = {pid for gold in golds for pid in gold}
     vectors = library.encoder.encode(questions)
@@ -173,8 +173,8 @@ def train_query_adapter(library, train: list[tuple[str, list[int]]], validation:
     (the plain encoder's weights if no epoch beat it) and the run's record."""
     import torch
 
-    from rag.query_adapter import new_query_model
-    from rag.tuning import Steps, linear_schedule
+    from rag.models.query_adapter import new_query_model
+    from rag.tune.reader import Steps, linear_schedule
 
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -243,8 +243,8 @@ def train_query_adapter(library, train: list[tuple[str, list[int]]], validation:
 
 def _open_f1(library, examples: list[QAExample], query_vectors: np.ndarray, k: int, mode: str, say) -> dict:
     """The span reader's open-setting EM/F1 when dense search takes ``query_vectors``."""
-    from rag.span_reader import load_span_reader, reader_directory
-    from rag.tuning import open_scores, read_open
+    from rag.models.span_reader import load_span_reader, reader_directory
+    from rag.tune.reader import open_scores, read_open
 
     reader = load_span_reader(reader_directory(library.data_dir))
     rows = read_open(library, reader, examples, k=k, mode=mode, progress=say, search_vectors=query_vectors)
@@ -272,10 +272,10 @@ def tune_retriever(data_path: str | Path, data_dir: str | Path | None, config: R
 
     from rag.config import data_dir as resolve_data_dir
     from rag.library import Library
-    from rag.qa_data import load_qa, split_groups
-    from rag.query_adapter import ADAPTER_FILES, MANIFEST, adapter_directory, save_adapter
-    from rag.store import DB_NAME
-    from rag.tuning import install_files
+    from rag.models.query_adapter import ADAPTER_FILES, MANIFEST, adapter_directory, save_adapter
+    from rag.store.database import DB_NAME
+    from rag.tune.qa_data import load_qa, split_groups
+    from rag.tune.reader import install_files
 
     say = progress or (lambda message: None)
     directory = resolve_data_dir(data_dir)

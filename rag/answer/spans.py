@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rag.evidence import (
+from rag.answer.evidence import (
     FULL_MONTHS, STOP_WORDS, Sentence, answer_type, code_end, is_code, is_date_word, is_number_word,
     question_stems, stem,
 )

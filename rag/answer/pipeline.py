@@ -6,9 +6,9 @@ from typing import Callable
 
 import numpy as np
 
+from rag.answer.evidence import answer_in_context
 from rag.contract import ASK_K
 from rag.errors import RagError
-from rag.evidence import answer_in_context
 from rag.records import Answer, Citation, Hit
 
 NOT_FOUND = "The documents do not contain the answer."
@@ -29,7 +29,7 @@ def relevance(library, query: np.ndarray, hits: list[Hit]) -> list[float]:
 def resolve_generator(generator, library):
     """A loaded generator, a name or path to load, or None for the default local model."""
     if generator is None or isinstance(generator, str):
-        from rag.generators import load_generator
+        from rag.models.generators import load_generator
 
         return load_generator(generator or "local", data_dir=library.data_dir)
     return generator
@@ -44,9 +44,9 @@ def ask(library, question: str, k: int = 5, mode: str = "hybrid", hyde: bool = F
     ``reader_options`` go to the reader (e.g. ``sentences`` for prompt, ``passage_tokens`` for fid).
     The generator is loaded only when the reader or HyDE needs one.
     """
-    from rag.hyde import DEFAULT_N, hyde_vector
-    from rag.readers import DEFAULT_MAX_NEW_TOKENS, DEFAULT_READER, NEEDS_GENERATOR, get_reader
-    from rag.search import search
+    from rag.answer.readers import DEFAULT_MAX_NEW_TOKENS, DEFAULT_READER, NEEDS_GENERATOR, get_reader
+    from rag.search.hyde import DEFAULT_N, hyde_vector
+    from rag.search.ranking import search
 
     started = time.perf_counter()
     if not isinstance(question, str) or not question.strip():

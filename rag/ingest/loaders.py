@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from rag.errors import RagError
-from rag.locations import heading_lines, markdown_headings, outline_headings
+from rag.ingest.locations import heading_lines, markdown_headings, outline_headings
 from rag.records import SourceDocument
 
 

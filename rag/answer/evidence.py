@@ -127,7 +127,7 @@ def rank_sentences(question: str, hits: list[Hit], encoder, question_vector: np.
                    passage_scores: list[float] | None = None) -> list[Sentence]:
     """Every sentence of ``hits``, best first (see the module docstring for the score).
 
-    ``passage_scores``: each hit's cosine with the question (rag.answer.relevance); 0 when not given.
+    ``passage_scores``: each hit's cosine with the question (rag.answer.pipeline.relevance); 0 when not given.
     """
     sentences = sentences_of(hits)
     if not sentences:

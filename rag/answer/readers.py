@@ -3,13 +3,13 @@
 Every reader answers only with text the passages hold, so nothing unsupported reaches the user
 with a citation on it:
 
-- ``span`` (default): the trained span reader (rag.span_reader): start/end logits over question +
+- ``span`` (default): the trained span reader (rag.models.span_reader): start/end logits over question +
   passage from a LoRA-tuned MiniLM, each passage read whole, the best span across them weighed with
   its passage's retrieval cosine; below its calibrated no-answer margin it declines.
-- ``extract``: no generator. The evidence sentences (rag.evidence) are ranked by the encoder, and
-  the best-scoring phrase among them that fits the question (rag.spans) is the answer.
+- ``extract``: no generator. The evidence sentences (rag.answer.evidence) are ranked by the encoder, and
+  the best-scoring phrase among them that fits the question (rag.answer.spans) is the answer.
 - ``prompt``: the best evidence sentences in one short few-shot prompt; the generator's decoding is
-  constrained to copy a span of them (rag.copying), so the generator chooses the span and the
+  constrained to copy a span of them (rag.answer.copying), so the generator chooses the span and the
   passage it came from is the citation.
 - ``fid``: fusion-in-decoder (Izacard & Grave 2020): each passage (cut to its best evidence sentences,
   ``FID_SENTENCES``) is encoded on its own and the decoder reads all of them at once; on decoder-only
@@ -28,9 +28,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from rag.copying import Copy, copy_decode, stop_tokens
+from rag.answer.copying import Copy, copy_decode, stop_tokens
+from rag.answer.evidence import CALL, STOP_WORDS, WORD, Sentence, answer_type, fits_type, rank_sentences
 from rag.errors import RagError
-from rag.evidence import CALL, STOP_WORDS, WORD, Sentence, answer_type, fits_type, rank_sentences
 from rag.records import Hit
 
 DEFAULT_MAX_NEW_TOKENS = 16  # answers are short phrases: SQuAD's average 3 words
@@ -110,7 +110,7 @@ def read_extractive(question: str, hits: list[Hit], generator=None, encoder=None
 
 def extract_from(question: str, hits: list[Hit], evidence: list[Sentence],
                  on_token: Callable[[str], None] | None = None) -> Reading:
-    from rag.spans import candidate_spans
+    from rag.answer.spans import candidate_spans
 
     spans = candidate_spans(question, evidence, lambda s: hits[s.n - 1].passage.text)
     if not spans:
@@ -128,8 +128,8 @@ def read_with_span(question: str, hits: list[Hit], generator=None, encoder=None,
                    on_token: Callable[[str], None] | None = None, passage_scores: list[float] | None = None,
                    data_dir=None, **_) -> Reading:
     """The best span across the passages by the trained reader (the data directory's tuned one, if any)."""
-    from rag.generators import model_cache_dir
-    from rag.span_reader import load_span_reader, reader_directory
+    from rag.models.generators import model_cache_dir
+    from rag.models.span_reader import load_span_reader, reader_directory
 
     reader = load_span_reader(reader_directory(data_dir), model_cache_dir(data_dir))
     span, score = reader.choose(question, [h.passage.text for h in hits], passage_scores)
@@ -155,12 +155,12 @@ def _inside_number(text: str, i: int) -> bool:
 def copy_sources(question: str, texts: list[str], tokenizer):
     """Token sequences of ``texts`` and the cues that steer copying from them.
 
-    Returns (sources, prior, stop_prior) for rag.copying.copy_decode: an answer should start at a
+    Returns (sources, prior, stop_prior) for rag.answer.copying.copy_decode: an answer should start at a
     word that fits the expected type, sits near the question's words in its sentence (the classic
     SQuAD cue) and does not repeat the question; it should stop before running into the question's
     words or punctuation.
     """
-    from rag.evidence import is_code, question_stems, stem
+    from rag.answer.evidence import is_code, question_stems, stem
 
     kind = answer_type(question)
     asked = question_stems(question)
@@ -221,7 +221,7 @@ def copy_sources(question: str, texts: list[str], tokenizer):
     return sources, prior, stop_prior
 
 
-def _cached_prefix(generator, prefix: str):
+def cached_prefix(generator, prefix: str):
     """The key/value cache of a fixed prompt prefix, computed once per generator and copied per use."""
     from transformers import DynamicCache
 
@@ -286,7 +286,7 @@ def read_with_prompt(question: str, hits: list[Hit], generator, encoder=None,
     tokenizer, body = generator.tokenizer, generator.model.model
     sources, prior, stop_prior = copy_sources(question, [s.text for s in evidence], tokenizer)
     with generator.session():
-        _, cache = _cached_prefix(generator, examples())
+        _, cache = cached_prefix(generator, examples())
         rest = tokenizer(task, add_special_tokens=False, return_tensors="pt")
         out = body(input_ids=rest["input_ids"], cache=cache, use_cache=True)
 
@@ -402,7 +402,7 @@ def fid_start(question: str, hits: list[Hit], generator, max_new_tokens: int = D
 
     tokenizer, model, body = generator.tokenizer, generator.model, generator.model.model
     suffix = tokenizer(_answer_block(question), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    p_len, shared = _cached_prefix(generator, examples(question_first=False))  # FiD: passages come first
+    p_len, shared = cached_prefix(generator, examples(question_first=False))  # FiD: passages come first
     s_len = suffix.shape[1]
     cap = fid_window(model) - p_len - s_len - max_new_tokens - 1
     if passage_tokens:

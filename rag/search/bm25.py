@@ -23,7 +23,7 @@ from rag.stopwords import STOP_WORDS
 
 K1 = 1.2  # FTS5 bm25() defaults (fts5_aux.c)
 B = 0.75
-TOKENIZER = "porter unicode61"  # as the store's passages_fts (rag.store._SCHEMA)
+TOKENIZER = "porter unicode61"  # as the store's passages_fts (rag.store.database._SCHEMA)
 
 
 def keyword_words(text: str) -> list[str]:

@@ -1,7 +1,8 @@
 """The same library sharded over a Ray cluster: N shards, each a whole ``Library`` owned by one Ray actor.
 
-Ray places and restarts the actors and moves the data; this module only says what a shard is, where
-a document goes and how results merge:
+Ray places and restarts the actors and moves the data; this package only says what a shard is, where
+a document goes (rag.cluster.shards), what the actors do (rag.cluster.actors) and, here, how a
+command's calls fan out to the shards and how their results merge:
 
 - a cluster library is a data directory holding ``cluster.json`` (shard count, encoder and its back
   end, vector backend, each shard's directory) and, by default, the shard directories under ``shards/``;
@@ -13,7 +14,7 @@ a document goes and how results merge:
   and each source is written by its shard actor through ``Library.write_source`` (one transaction
   per source: the same crash guarantees as on one machine; a re-run finishes what a crash left);
 - search: dense asks every shard for its top k and merges by cosine score (comparable by
-  construction); keyword rescoring uses global BM25 statistics (rag.bm25); hybrid fuses those two
+  construction); keyword rescoring uses global BM25 statistics (rag.search.bm25); hybrid fuses those two
   global rankings exactly as one store does. Filters apply on every shard before its top k.
 
 The encoders are a plain pool of Ray actors rather than a Ray Data pipeline: a batch of files is read,
@@ -21,18 +22,16 @@ chunked and encoded where the model is loaded, and each result goes straight to 
 executor (and pandas, pyarrow) would add nothing but weight. Ray restarts a lost encoder actor and
 retries its batch.
 
-Nothing imports this module, and so Ray, unless a command is given ``--cluster``.
+Nothing imports this package, and so Ray, unless a command is given ``--cluster`` (the CLI's ``_library``,
+the web app's CLUSTER).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
-import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -40,92 +39,21 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from rag.cluster.actors import ENCODER_OPTIONS, SHARD_OPTIONS, EncoderActor, ShardActor
+from rag.cluster.shards import (
+    DEFAULT_SHARDS, MANIFEST_FILE, SHARDS_DIR, Manifest, global_id, read_manifest, shard_of, split_id, write_manifest,
+)
 from rag.config import data_dir as resolve_data_dir
 from rag.contract import as_document_id
 from rag.errors import RagError
-from rag.library import CLUSTER_MANIFEST as MANIFEST_FILE
+from rag.library import check_backend, default_backend
 from rag.records import Document, Passage, SourceDocument
 
-SHARDS_DIR = "shards"
-DEFAULT_SHARDS = 4
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # `--cluster local`: small, the machine also runs the models
 FILES_PER_TASK = 16  # files one encoder actor reads, chunks and encodes per call
 RECORDS_PER_TASK = 128  # in-memory records per call
 IN_FLIGHT = 2  # calls queued per encoder actor: one running, one waiting, so none idles between calls
 SHARD_TIMEOUT = 300.0  # seconds a shard may take to answer a read before it counts as down
-# Library methods a shard actor answers (reads, plus the writes that go to one shard)
-SHARD_METHODS = frozenset({
-    "passage_count", "passage_counts", "documents", "document", "find_document", "documents_by_id",
-    "document_text", "page_starts", "passages_of", "passages", "embeddings", "duplicate_of", "source_state",
-    "sources", "dense_search", "keyword_evidence", "stats", "integrity", "generation", "remove_document",
-    "save_index",
-})
-
-
-def shard_of(key: str, shards: int) -> int:
-    """The shard a source (file path or record uri) lives on: blake2b of the key, the same in every
-    process and on every machine (Python's hash() is salted per process)."""
-    digest = hashlib.blake2b(str(key).encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
-
-
-def global_id(local: int, shard: int, shards: int) -> int:
-    return int(local) * shards + shard
-
-
-def split_id(gid: int, shards: int) -> tuple[int, int]:
-    """A global id as (shard, local id)."""
-    return int(gid) % shards, int(gid) // shards
-
-
-# --- the manifest ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Manifest:
-    """What a cluster library is, so it can be stopped and reopened (``<data>/cluster.json``)."""
-
-    shards: int
-    encoder: str  # the encoder's name, as stores record it
-    encoder_path: str | None  # its directory; None for the packaged default model
-    encoder_backend: str
-    dim: int
-    backend: str  # vector index backend of every shard
-    shard_dirs: list[str] = field(default_factory=list)  # relative to the data directory, or absolute
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    version: int = 1
-
-    def shard_dir(self, data: Path, shard: int) -> Path:
-        return (data / self.shard_dirs[shard]).resolve()
-
-
-def read_manifest(data: Path) -> Manifest | None:
-    path = data / MANIFEST_FILE
-    if not path.exists():
-        return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RagError(f"{path}: cannot read the cluster manifest: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RagError(f"{path}: the cluster manifest must be a JSON object")
-    for name, kind in (("shards", int), ("encoder", str), ("encoder_backend", str), ("dim", int),
-                       ("backend", str), ("shard_dirs", list)):
-        if not isinstance(raw.get(name), kind):
-            raise RagError(f"{path}: field {name!r} is missing or not a {kind.__name__}")
-    if raw["shards"] < 1 or len(raw["shard_dirs"]) != raw["shards"]:
-        raise RagError(f"{path}: field 'shard_dirs' must list one directory per shard ({raw['shards']})")
-    known = {f for f in Manifest.__dataclass_fields__}
-    return Manifest(**{k: v for k, v in raw.items() if k in known})
-
-
-def write_manifest(data: Path, manifest: Manifest) -> None:
-    """Written to a temporary name and renamed: a crash leaves the old manifest or the new one."""
-    data.mkdir(parents=True, exist_ok=True)
-    path = data / MANIFEST_FILE
-    tmp = path.with_name(f".{MANIFEST_FILE}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- Ray ---------------------------------------------------------------------------------------------
@@ -147,131 +75,6 @@ def connect(address: str) -> None:
                        "or use --cluster local for this machine alone)") from exc
 
 
-class ShardActor:
-    """One shard: the ordinary Library over the shard's own data directory, in a Ray actor."""
-
-    def __init__(self, directory: str, backend: str, encoder: str, encoder_path: str | None, dim: int,
-                 encoder_backend: str):
-        from rag.library import Library
-
-        self.library = Library(directory, backend=backend, encoder_backend=encoder_backend)
-        self.library.record_encoder(encoder, dim, encoder_path)  # vectors come from the encoder actors
-
-    def call(self, method: str, *args):
-        if method not in SHARD_METHODS:
-            raise RagError(f"a shard does not answer {method!r}")
-        return getattr(self.library, method)(*args)
-
-    def write_sources(self, sources: list[tuple[str, str, list]]) -> list[tuple[str, bool, int, int, str | None]]:
-        """Each (key, hash, documents with vectors) in its own transaction:
-        (key, replaced, duplicates, passages, why it failed or None); one bad source does not stop the others."""
-        out = []
-        for key, digest, docs in sources:
-            try:
-                result = self.library.write_source(key, digest, docs)
-            except RagError as exc:
-                out.append((key, False, 0, 0, str(exc)))
-                continue
-            out.append((key, result.replaced, result.duplicates, len(result.added_ids), None))
-        return out
-
-    def prune(self, roots: list[str]) -> int:
-        from rag.ingest import prune_missing
-
-        return prune_missing(self.library, roots)
-
-    def ping(self) -> bool:
-        return True
-
-
-class _ChunkOnly:
-    """What rag.ingest's chunker needs of a library inside an encoder actor: the encoder. Content is
-    not looked up across shards (a shard's store still keeps identical content once, Store._insert)."""
-
-    def __init__(self, encoder):
-        self.encoder = encoder
-
-    def has_content(self, *_args, **_kwargs) -> bool:
-        return False
-
-    def vectors_of_texts(self, _hashes) -> dict:
-        """Nothing stored here: each distinct text of a batch is encoded once (the shard's store
-        then keeps one vector per text, Store._insert)."""
-        return {}
-
-
-class EncoderActor:
-    """One encoder model per actor: reads, parses and chunks a batch of sources, then encodes them."""
-
-    def __init__(self, model: str | None, encoder_backend: str, cache_dir: str, shards: list, threads: int = 1):
-        from rag.encoders import load_encoder
-
-        if encoder_backend == "torch":
-            import torch
-
-            torch.set_num_threads(max(1, threads))
-        self.encoder = load_encoder(model, encoder_backend, cache_dir=cache_dir, threads=threads)
-        self.shards = shards
-        self._ingesters: dict[tuple, object] = {}  # per chunking settings: its tokenizer copy is made once
-
-    def _state(self, key: str):
-        return ray.get(self.shards[shard_of(key, len(self.shards))].call.remote("source_state", key))
-
-    def _sources(self, items: list, collection: str, settings: dict) -> Iterator:
-        """Source, (path, reason) for a failure, or (key,) for an unchanged source."""
-        from rag.ingest import _parse, read_source, record_source
-        from rag.loaders import LoadError
-
-        for item in items:
-            if isinstance(item, SourceDocument):
-                source = record_source(item)
-                if isinstance(source, tuple):
-                    yield source
-                else:
-                    yield (item.uri,) if self._state(source.key) == (source.hash, collection) else source
-                continue
-            try:
-                source, data = read_source(Path(item), settings["options"], settings["max_bytes"])
-            except LoadError as exc:
-                yield (str(item), str(exc))
-                continue
-            if self._state(source.key) == (source.hash, collection):
-                yield (source.key,)
-                continue
-            yield from _parse(str(item), data, source, settings["options"])
-
-    def prepare(self, items: list, collection: str, settings: dict) -> tuple[list, float]:
-        """([("failed", path, reason) | ("skipped", key) | ("source", shard, key, hash, docs)], encode seconds)."""
-        from rag.ingest import IngestReport, _Ingester
-
-        key = (collection, settings["chunk_tokens"], settings["overlap"], settings["max_passages"])
-        if key not in self._ingesters:
-            self._ingesters[key] = _Ingester(_ChunkOnly(self.encoder), collection, settings["chunk_tokens"],
-                                             settings["overlap"], IngestReport(), progress=False,
-                                             max_passages=settings["max_passages"])
-        ingester = self._ingesters[key]
-        out, pending = [], []
-        for source in self._sources(items, collection, settings):
-            if isinstance(source, tuple):
-                out.append(("skipped", source[0]) if len(source) == 1 else ("failed", *source))
-                continue
-            try:
-                prepared = ingester.prepare(source)
-            except Exception as exc:  # one source the chunker cannot take must not stop the batch
-                prepared = (source.key, f"cannot chunk: {type(exc).__name__}: {exc}")
-            if isinstance(prepared, tuple):
-                out.append(("failed", *prepared))
-            else:
-                pending.append(prepared)
-        started = time.perf_counter()
-        ingester.assign_vectors(pending)
-        seconds = time.perf_counter() - started
-        for item in pending:
-            key = item.source.key
-            out.append(("source", shard_of(key, len(self.shards)), key, item.source.hash, item.docs))
-        return out, seconds
-
-
 def _reason(exc: Exception) -> str:
     """A dead actor's error in one line: the RagError its constructor raised (a bad store), else its type."""
     text = str(exc)
@@ -280,20 +83,14 @@ def _reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-# Restarted by Ray from their data directory when they die (a crash, a lost node); a call in flight
-# is retried on the new actor. Shards take no CPU slot: they wait on SQLite and the index, and on a
-# small cluster they must never keep the encoders from being scheduled.
-_SHARD_OPTIONS = dict(num_cpus=0, max_restarts=-1, max_task_retries=1, max_concurrency=8)
-_ENCODER_OPTIONS = dict(num_cpus=1, max_restarts=-1, max_task_retries=2)
-
 
 # --- the cluster library -----------------------------------------------------------------------------
 
 
 class ClusterLibrary:
-    """The methods the CLI, the web app and rag.search use on a Library, over N shard actors."""
+    """The methods the CLI, the web app and rag.search.ranking use on a Library, over N shard actors."""
 
-    is_cluster = True  # rag.ingest hands a cluster library's ingests to its encoder actors
+    is_cluster = True  # rag.ingest.pipeline hands a cluster library's ingests to its ingest_paths/ingest_documents
 
     def __init__(self, data: Path, manifest: Manifest, encoder=None, allow_partial: bool = False):
         self.data_dir = data
@@ -306,10 +103,14 @@ class ClusterLibrary:
         self._encoder = encoder
         self._lock = threading.RLock()
         self._local = threading.local()
-        remote = ray.remote(**_SHARD_OPTIONS)(ShardActor)
-        self.shards = [remote.remote(str(manifest.shard_dir(data, i)), manifest.backend, manifest.encoder,
-                                     manifest.encoder_path, manifest.dim, manifest.encoder_backend)
-                       for i in range(self.n)]
+        self.shards = self._start_shards()
+
+    def _start_shards(self) -> list:
+        """One actor per shard, opening the shard's Library as the manifest says (as Ray restarts it)."""
+        remote = ray.remote(**SHARD_OPTIONS)(ShardActor)
+        m = self.manifest
+        return [remote.remote(str(m.shard_dir(self.data_dir, i)), m.backend, m.encoder, m.encoder_path, m.dim,
+                              m.encoder_backend) for i in range(self.n)]
 
     def __enter__(self) -> "ClusterLibrary":
         return self
@@ -416,8 +217,8 @@ class ClusterLibrary:
         """The query encoder, in this process (loaded on first use)."""
         with self._lock:
             if self._encoder is None:
-                from rag.encoders import load_encoder
-                from rag.generators import model_cache_dir
+                from rag.models.encoders import load_encoder
+                from rag.models.generators import model_cache_dir
 
                 self._encoder = load_encoder(self.manifest.encoder_path, self.encoder_backend,
                                              cache_dir=model_cache_dir(self.data_dir))
@@ -541,8 +342,8 @@ class ClusterLibrary:
         return merged[:n]
 
     def keyword_search(self, query: str, k: int, where: dict[str, str] | None = None) -> list[tuple[int, float]]:
-        """BM25 with the whole cluster's statistics (rag.bm25): one store's ranking and scores."""
-        from rag.bm25 import global_ranking
+        """BM25 with the whole cluster's statistics (rag.search.bm25): one store's ranking and scores."""
+        from rag.search.bm25 import global_ranking
 
         args = {s: (query, k, w) for s in range(self.n) if (w := self._where(where, s)) is not False}
         evidence = self._gather("keyword_evidence", args)
@@ -572,7 +373,7 @@ class ClusterLibrary:
                 into["documents"] += c["documents"]
                 into["passages"] += c["passages"]
         total["collections"] = dict(sorted(total["collections"].items()))
-        from rag.span_reader import reader_status
+        from rag.models.span_reader import reader_status
 
         total.update(reader=reader_status(self.data_dir), backend=self.backend, encoder=self.manifest.encoder, dim=self.dim,
                      encoder_backend=self.encoder_backend, data_dir=str(self.data_dir),
@@ -621,10 +422,10 @@ class ClusterLibrary:
     def import_library(self, library, batch: int = 64):
         """Copy a one-machine library (documents, passages, locations and stored vectors) onto the shards,
         each source to its shard, without re-encoding; sources already there unchanged are skipped."""
-        from rag.encoders import backends_can_share_a_store
-        from rag.ingest import IngestReport
-        from rag.locations import Location
-        from rag.store import NewDocument
+        from rag.ingest.locations import Location
+        from rag.ingest.pipeline import IngestReport
+        from rag.models.encoders import backends_can_share_a_store
+        from rag.store.database import NewDocument
 
         info = library.stats()
         if info["encoder"] and (info["encoder"] != self.manifest.encoder or info["dim"] != self.dim
@@ -665,12 +466,35 @@ class ClusterLibrary:
     def save_index(self) -> None:
         self._gather("save_index", {s: () for s in range(self.n)}, retry=False)
 
+    def rebuild_index(self, backend: str | None = None, **params) -> dict[int, int]:
+        """Every shard's index rebuilt from its stored vectors (no re-encoding), with ``backend`` (default: the
+        current one) and ``params``; {shard: vectors it holds}. A new backend goes into the manifest and
+        the shard actors start again with it first, so one that Ray restarts later keeps it."""
+        if backend and backend != self.manifest.backend:
+            check_backend(backend)
+            self.manifest.backend = self.backend = backend
+            write_manifest(self.data_dir, self.manifest)
+            for actor in self.shards:
+                ray.kill(actor, no_restart=True)
+            self.shards = self._start_shards()
+        refs = [actor.rebuild_index.remote(self.backend, params) for actor in self.shards]
+        counts = {}
+        for shard, ref in enumerate(refs):
+            try:
+                counts[shard] = ray.get(ref)
+            except RayTaskError as exc:
+                raise self._unwrap(exc) from None
+            except RayActorError as exc:
+                raise RagError(f"shard {shard} of {self.n} ({self.shard_dir(shard)}) is down: its index was not "
+                               f"rebuilt ({_reason(exc)}); run the command again") from exc
+        return counts
+
     def ingest(self, items: list, collection: str, settings: dict, encoders: int | None = None,
                report=None, prune_roots: list[str] | None = None):
         """Read, chunk and encode ``items`` (file paths or SourceDocuments) on a pool of encoder actors,
         then write each source on its shard; bad sources are reported and the rest go in."""
-        from rag.generators import model_cache_dir
-        from rag.ingest import IngestReport
+        from rag.ingest.pipeline import IngestReport
+        from rag.models.generators import model_cache_dir
 
         report = report or IngestReport()
         if not collection or not str(collection).strip():
@@ -680,7 +504,7 @@ class ClusterLibrary:
         size = RECORDS_PER_TASK if items and isinstance(items[0], SourceDocument) else FILES_PER_TASK
         batches = [items[i:i + size] for i in range(0, len(items), size)]
         count = encoders or max(1, min(int(ray.cluster_resources().get("CPU", 1)), len(batches)))
-        actor = ray.remote(**_ENCODER_OPTIONS)(EncoderActor)
+        actor = ray.remote(**ENCODER_OPTIONS)(EncoderActor)
         pool = [actor.remote(self.manifest.encoder_path, self.encoder_backend, str(model_cache_dir(self.data_dir)),
                              self.shards, 1) for _ in range(count if batches else 0)]
         running: dict = {}
@@ -727,14 +551,44 @@ class ClusterLibrary:
             report.seconds = time.perf_counter() - started
         return report
 
+    def ingest_paths(self, paths: list[str], collection: str = "default", include=None, exclude=None,
+                     chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
+                     options=None, max_bytes: int | None = None, default_excludes: bool = True,
+                     max_passages: int | None = None, encoders: int | None = None, **_local_only):
+        """rag.ingest.pipeline.ingest_paths on a cluster (it hands a cluster library's ingests here): the
+        files must be readable where the encoder actors run (one machine, or a shared file system)."""
+        from rag.ingest.loaders import LoadOptions
+        from rag.ingest.pipeline import DEFAULT_MAX_BYTES, IngestReport, find_files
+
+        if not paths:
+            raise RagError("nothing to ingest: give files, folders or - for stdin")
+        if "-" in paths:
+            raise RagError("stdin ('-') cannot be ingested into a cluster library: save it to a file first")
+        files, missing = find_files(list(paths), include, exclude, default_excludes)
+        report = IngestReport()
+        for path, reason in missing:
+            report.fail(path, reason)
+        settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": options or LoadOptions(),
+                    "max_bytes": max_bytes or DEFAULT_MAX_BYTES, "max_passages": max_passages}
+        return self.ingest([str(f) for f in files], collection, settings, encoders=encoders, report=report,
+                           prune_roots=[os.path.abspath(Path(p).expanduser()) for p in paths] if prune else None)
+
+    def ingest_documents(self, docs: Iterable[SourceDocument], collection: str = "default",
+                         chunk_tokens: int | None = None, overlap: int | None = None, encoders: int | None = None,
+                         **_local_only):
+        """rag.ingest.pipeline.ingest_documents on a cluster: in-memory records, keyed by their uri."""
+        settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": None, "max_bytes": 0,
+                    "max_passages": None}
+        return self.ingest(list(docs), collection, settings, encoders=encoders)
+
 
 def open_cluster_library(data: str | Path | None, address: str, shards: int | None = None, model: str | None = None,
                          backend: str | None = None, encoder=None, encoder_backend: str | None = None,
                          create: bool = True, allow_partial: bool = False) -> ClusterLibrary:
     """Open (or, with ``create``, make) the cluster library in ``data`` on the Ray cluster at ``address``."""
-    from rag.encoders import DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, backends_can_share_a_store, load_encoder
-    from rag.generators import model_cache_dir
-    from rag.store import DB_NAME
+    from rag.models.encoders import DEFAULT_ENCODER, DEFAULT_ENCODER_BACKEND, backends_can_share_a_store, load_encoder
+    from rag.models.generators import model_cache_dir
+    from rag.store.database import DB_NAME
 
     directory = resolve_data_dir(data)
     manifest = read_manifest(directory)
@@ -747,12 +601,8 @@ def open_cluster_library(data: str | Path | None, address: str, shards: int | No
                            "or run `rag ingest PATH --cluster ADDRESS` first")
         if shards is not None and shards < 1:
             raise RagError(f"--shards must be at least 1, got {shards}")
-        from rag.library import _default_backend
-
-        chosen_backend = backend or _default_backend()
-        from rag.library import Library
-
-        Library._check_backend(chosen_backend)
+        chosen_backend = backend or default_backend()
+        check_backend(chosen_backend)
         encoder = encoder or load_encoder(model, encoder_backend or DEFAULT_ENCODER_BACKEND,
                                           cache_dir=model_cache_dir(directory))
         count = shards or DEFAULT_SHARDS
@@ -771,42 +621,8 @@ def open_cluster_library(data: str | Path | None, address: str, shards: int | No
                            f"whose vectors differ from {encoder_backend}'s; use --encoder-backend "
                            f"{manifest.encoder_backend}, or another --data directory")
         if backend and backend != manifest.backend:
-            from rag.library import Library
-
-            Library._check_backend(backend)
+            check_backend(backend)
             manifest.backend = backend  # each shard's Library rebuilds its index with it on open
             write_manifest(directory, manifest)
     connect(address)
     return ClusterLibrary(directory, manifest, encoder=encoder, allow_partial=allow_partial)
-
-
-def ingest_paths(library: ClusterLibrary, paths: list[str], collection: str = "default", include=None,
-                 exclude=None, chunk_tokens: int | None = None, overlap: int | None = None, prune: bool = False,
-                 options=None, max_bytes: int | None = None, default_excludes: bool = True,
-                 max_passages: int | None = None, encoders: int | None = None, **_local_only):
-    """rag.ingest.ingest_paths on a cluster: the files must be readable where the encoder actors run
-    (one machine, or a shared file system)."""
-    from rag.ingest import DEFAULT_MAX_BYTES, IngestReport, find_files
-    from rag.loaders import LoadOptions
-
-    if not paths:
-        raise RagError("nothing to ingest: give files, folders or - for stdin")
-    if "-" in paths:
-        raise RagError("stdin ('-') cannot be ingested into a cluster library: save it to a file first")
-    files, missing = find_files(list(paths), include, exclude, default_excludes)
-    report = IngestReport()
-    for path, reason in missing:
-        report.fail(path, reason)
-    settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": options or LoadOptions(),
-                "max_bytes": max_bytes or DEFAULT_MAX_BYTES, "max_passages": max_passages}
-    return library.ingest([str(f) for f in files], collection, settings, encoders=encoders, report=report,
-                          prune_roots=[os.path.abspath(Path(p).expanduser()) for p in paths] if prune else None)
-
-
-def ingest_documents(library: ClusterLibrary, docs: Iterable[SourceDocument], collection: str = "default",
-                     chunk_tokens: int | None = None, overlap: int | None = None, encoders: int | None = None,
-                     **_local_only):
-    """rag.ingest.ingest_documents on a cluster: in-memory records, keyed by their uri."""
-    settings = {"chunk_tokens": chunk_tokens, "overlap": overlap, "options": None, "max_bytes": 0,
-                "max_passages": None}
-    return library.ingest(list(docs), collection, settings, encoders=encoders)

