@@ -513,8 +513,8 @@ def tune_reader(dataset, validation_share, epochs, learning_rate, batch_size, ra
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--validation-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 0.95),
               help="Share of the questions, in whole articles/documents, kept out of training to measure on.")
-@click.option("--epochs", default=3, show_default=True, type=click.IntRange(1, 100))
-@click.option("--learning-rate", default=3e-4, show_default=True, type=click.FloatRange(1e-7, 1.0))
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(1, 100))
+@click.option("--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(1e-7, 1.0))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--rank", default=8, show_default=True, type=click.IntRange(1, 256), help="LoRA rank.")
 @click.option("--seed", default=0, show_default=True, type=int)
