@@ -465,7 +465,7 @@ def _run_tune(run, dataset, data, config, name, k, no_open, as_json) -> dict | N
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--validation-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 0.95),
               help="Share of the questions, in whole articles/documents, kept out of training to measure on.")
-@click.option("--epochs", default=2, show_default=True, type=click.IntRange(1, 100))
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 100))
 @click.option("--learning-rate", default=6e-4, show_default=True, type=click.FloatRange(1e-7, 1.0))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--rank", default=32, show_default=True, type=click.IntRange(1, 256), help="LoRA rank.")

@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint"
 class TuneConfig:
     """The recipe: printed at the start and saved in the manifest beside the weights."""
 
-    epochs: int = 2
+    epochs: int = 4  # held-out F1 given the paragraph (SQuAD dev): 0.531, 0.589, 0.627, 0.649 after epochs 1-4
     learning_rate: float = 6e-4
     batch_size: int = 16
     rank: int = 32
