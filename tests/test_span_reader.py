@@ -12,7 +12,9 @@ from rag.answer.evidence import answer_in_context
 from rag.answer.pipeline import NOT_FOUND, ask
 from rag.answer.readers import DEFAULT_READER
 from rag.cli import main
-from rag.models.span_reader import SHIPPED, SpanReader, best_span, load_span_reader, read_manifest, reader_directory
+from rag.models.span_reader import (
+    SHIPPED, SpanReader, best_span, load_span_reader, read_manifest, reader_directory, whole_words,
+)
 
 PARAGRAPH = ("The Veltmoor orchestra was founded in 1902 by the conductor Anja Roos. It has 96 musicians "
              "and plays in the Glass Hall, which seats 2,400 people. Its first recording was made in 1931.")
@@ -137,3 +139,12 @@ def test_an_unknown_reader_back_end_is_refused():
 
     with pytest.raises(RagError, match="unknown span reader back end"):
         SpanReader(SHIPPED, backend="tpu")
+
+
+def test_a_span_is_widened_to_whole_words():
+    text = "There is a strong presence of Border Reiver surnames, such as Armstrong."
+    start = text.index("Border")
+    assert whole_words(text, start, text.index("surnames") + len("surname")) == (start, text.index(","))
+    assert whole_words(text, text.index("eiver"), text.index("eiver") + 5) == (text.index("Reiver"), text.index(" surnames"))
+    assert whole_words(text, start, start + len("Border")) == (start, start + len("Border"))  # already whole
+    assert whole_words("1,000 people", 2, 5) == (2, 5)  # punctuation is a word boundary

@@ -167,6 +167,16 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndar
     return int(starts[i]), int(ends[j]), float(scores[i, j])
 
 
+def whole_words(text: str, first: int, last: int) -> tuple[int, int]:
+    """A span widened to whole words: its tokens may start or end inside one ("surname" of "surnames",
+    a word piece), and an answer shows, and cites, words the passage holds."""
+    while first > 0 and text[first - 1].isalnum() and text[first].isalnum():
+        first -= 1
+    while last < len(text) and text[last].isalnum() and text[last - 1].isalnum():
+        last += 1
+    return first, last
+
+
 def best_spans(enc, start_logits: np.ndarray, end_logits: np.ndarray, texts: list[str]) -> list[SpanChoice | None]:
     """The best span of each text over its windows (None where a text offers none); ``enc`` from windows()."""
     best: list[SpanChoice | None] = [None] * len(texts)
@@ -176,7 +186,7 @@ def best_spans(enc, start_logits: np.ndarray, end_logits: np.ndarray, texts: lis
         if a < 0 or (best[owner] is not None and best[owner].score >= score):
             continue
         offsets = enc["offset_mapping"][w]
-        first, last = int(offsets[a][0]), int(offsets[b][1])
+        first, last = whole_words(texts[owner], int(offsets[a][0]), int(offsets[b][1]))
         null = float(start_logits[w][0] + end_logits[w][0])
         best[owner] = SpanChoice(owner, first, last, texts[owner][first:last], score, null)
     return best
