@@ -559,8 +559,8 @@ def tune_retriever(dataset, validation_share, epochs, learning_rate, batch_size,
     if done["installed"]:
         click.echo(f"installed in {done['adapter']}: questions are encoded through it from now on")
     else:
-        click.echo(f"not installed: no epoch ranked the validation questions' passages better than the plain "
-                   f"encoder (kept in {done['adapter']})")
+        click.echo(f"not installed: it did not rank the validation questions' passages better than the plain "
+                   f"encoder in hybrid search (kept in {done['adapter']})")
 
 
 def _register_eval() -> None:

@@ -135,7 +135,8 @@ def test_validation_measures_before_and_after_and_installs_only_what_is_better(s
         assert scores[label]["dense"]["questions"] == scores[label]["hybrid"]["questions"] == asked
         assert scores[label]["open"]["questions"] == asked and 0 <= scores[label]["open"]["f1"] <= 1
     assert [v["epoch"] for v in manifest["validation"]] == [0, 1, 2]
-    assert done["installed"] == (scores["best_epoch"] > 0)
+    assert done["installed"] == (scores["best_epoch"] > 0
+                                 and scores["after"]["hybrid"]["mrr"] > scores["before"]["hybrid"]["mrr"])
     best = max(manifest["validation"], key=lambda v: (v["mrr"], -v["epoch"]))
     assert scores["best_epoch"] == best["epoch"]
     assert (Path(store) / "models" / "query-adapter").exists() == done["installed"]

@@ -10,8 +10,9 @@ gold passage) are always among them; a larger store gives each step the positive
 top ``hard_negatives`` of every training question, and a random sample up to ``pool``.
 
 After each epoch the validation questions (whole articles or documents kept out) are ranked against
-the store; the best epoch is kept, and it is installed only when it ranks the validation questions'
-passages better than the plain encoder does (mean reciprocal rank in the top 20).
+the store; the best epoch is kept (mean reciprocal rank in the top 20, dense), and it is installed only
+when it also ranks the validation questions' passages better than the plain encoder in hybrid search,
+the product's default.
 """
 from __future__ import annotations
 
@@ -310,7 +311,8 @@ def tune_retriever(data_path: str | Path, data_dir: str | Path | None, config: R
             say("measuring the tuned question encoder")
             scores["after"] = measure(library, examples, kept_golds, encode_questions(model, [e.question for e in examples]),
                                       k, open_setting, say)
-        improved = run.best_epoch > 0
+        # installed only when it also ranks better in the search the product runs by default (hybrid)
+        improved = run.best_epoch > 0 and (not kept or scores["after"]["hybrid"]["mrr"] > scores["before"]["hybrid"]["mrr"])
         manifest = {
             "name": name or f"tuned on {Path(data.path).name}",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
