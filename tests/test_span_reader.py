@@ -148,3 +148,6 @@ def test_a_span_is_widened_to_whole_words():
     assert whole_words(text, text.index("eiver"), text.index("eiver") + 5) == (text.index("Reiver"), text.index(" surnames"))
     assert whole_words(text, start, start + len("Border")) == (start, start + len("Border"))  # already whole
     assert whole_words("1,000 people", 2, 5) == (2, 5)  # punctuation is a word boundary
+    assert whole_words("use set(), not {}", 4, 8) == (4, 9)  # "set(" -> "set()"
+    assert whole_words("use set(), not {}", 4, 7) == (4, 7)  # "set" opens nothing
+    assert whole_words("a (b) c", 2, 5) == (2, 5)  # already closed

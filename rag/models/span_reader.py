@@ -169,11 +169,15 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndar
 
 def whole_words(text: str, first: int, last: int) -> tuple[int, int]:
     """A span widened to whole words: its tokens may start or end inside one ("surname" of "surnames",
-    a word piece), and an answer shows, and cites, words the passage holds."""
+    a word piece), and an answer shows, and cites, words the passage holds; a bracket it opens right
+    before the passage closes it is closed too."""
     while first > 0 and text[first - 1].isalnum() and text[first].isalnum():
         first -= 1
     while last < len(text) and text[last].isalnum() and text[last - 1].isalnum():
         last += 1
+    for opening, closing in ("()", "[]", "{}"):  # "set(" of "set()": close what the span opened
+        if last < len(text) and text[last] == closing and text.count(opening, first, last) > text.count(closing, first, last):
+            last += 1
     return first, last
 
 
