@@ -13,7 +13,6 @@ the reader's retrieval weight and the relevance check were calibrated on.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
@@ -25,7 +24,6 @@ from rag.errors import RagError
 ADAPTER_DIR = ("models", "query-adapter")  # under a data directory
 MANIFEST = "manifest.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", MANIFEST)
-TARGET_MODULES = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
 
 def adapter_directory(data_dir: str | Path) -> Path:
@@ -62,7 +60,7 @@ def new_query_model(model_path: str, rank: int, alpha: int, dropout: float, seed
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import SentenceTransformer
 
-    from rag.models.span_reader import quiet_transformers
+    from rag.models.span_reader import TARGET_MODULES, quiet_transformers
 
     quiet_transformers()
     torch.manual_seed(seed)
@@ -79,22 +77,16 @@ def save_adapter(model, directory: Path, base_name: str) -> None:
     save(model[0].model, directory, base_name)
 
 
-def _digest(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ADAPTER_FILES[:2]:
-        digest.update((Path(directory) / name).read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def merged_model_dir(directory: Path, model_path: str, cache_dir: str | Path) -> Path:
+def merged_model_dir(directory: Path, digest: str, model_path: str, cache_dir: str | Path) -> Path:
     """<cache>/encoders/query-<hash>/: the encoder with the adapter merged in, a plain sentence-transformers
-    directory (made once, under a temporary name and renamed, so a torn copy is never loaded)."""
+    directory named by the adapter's ``digest`` (made once, under a temporary name and renamed, so a torn
+    copy is never loaded)."""
     from peft import PeftModel
     from sentence_transformers import SentenceTransformer
 
     from rag.models.span_reader import quiet_transformers
 
-    target = Path(cache_dir) / "encoders" / f"query-{_digest(directory)}"
+    target = Path(cache_dir) / "encoders" / f"query-{digest}"
     if (target / "modules.json").is_file():
         return target
     quiet_transformers()
@@ -121,10 +113,12 @@ _LOCK = threading.Lock()
 def load_query_encoder(directory: Path, model_path: str, backend: str, cache_dir: str | Path):
     """The question encoder for a store with this adapter: merged once, then loaded like any encoder."""
     from rag.models.encoders import load_encoder
+    from rag.models.span_reader import adapter_digest
 
-    key = (str(Path(directory).resolve()), _digest(directory), backend, str(cache_dir))
+    digest = adapter_digest(directory)
+    key = (str(Path(directory).resolve()), digest, backend, str(cache_dir))
     with _LOCK:
         if key not in _LOADED:
-            path = merged_model_dir(directory, model_path, cache_dir)
+            path = merged_model_dir(directory, digest, model_path, cache_dir)
             _LOADED[key] = load_encoder(str(path), backend, cache_dir=cache_dir)
         return _LOADED[key]

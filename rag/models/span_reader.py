@@ -215,14 +215,19 @@ def pick(spans: list[SpanChoice | None], cosines: list[float], retrieval_weight:
 ONNX_EXPORT_VERSION = 1
 
 
-def onnx_path(directory: Path, cache_dir: str | Path) -> Path:
-    """<cache>/readers/span-reader-<weights hash>-onnx-v<N>/model.onnx: a new adapter gets a new export."""
+def adapter_digest(directory: Path) -> str:
+    """12 hex digits of sha256 over a saved adapter's config and weights: names what is made from them."""
     import hashlib
 
     digest = hashlib.sha256()
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         digest.update((Path(directory) / name).read_bytes())
-    return Path(cache_dir) / "readers" / f"span-reader-{digest.hexdigest()[:12]}-onnx-v{ONNX_EXPORT_VERSION}" / "model.onnx"
+    return digest.hexdigest()[:12]
+
+
+def onnx_path(directory: Path, cache_dir: str | Path) -> Path:
+    """<cache>/readers/span-reader-<weights hash>-onnx-v<N>/model.onnx: a new adapter gets a new export."""
+    return Path(cache_dir) / "readers" / f"span-reader-{adapter_digest(directory)}-onnx-v{ONNX_EXPORT_VERSION}" / "model.onnx"
 
 
 def export_onnx(directory: Path, target: Path) -> Path:
